@@ -1,0 +1,111 @@
+"""Train-stage commands of the `edgediff` CLI: reference, eval, demo, quantize.
+
+The console script `edgediff` is assembled in `edgediff_export.cli` (the full toolchain), which
+may import every stage; this module registers only what the train stage owns, so that
+`edgediff` itself never imports the export or runtime packages (DESIGN.md section 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from edgediff.errors import EdgediffError
+
+log = logging.getLogger("edgediff")
+
+
+def _positive(kind: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{kind} must be an integer, got {text!r}") from exc
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{kind} must be at least 1, got {value}")
+        return value
+
+    return parse
+
+
+def _cmd_reference_train(args: argparse.Namespace) -> int:
+    from edgediff.reference.trainer import ReferenceTrainConfig, train_reference
+
+    out = train_reference(Path(args.out), ReferenceTrainConfig(steps=args.steps, seed=args.seed))
+    from edgediff.reference.evaluate import evaluate
+
+    report = evaluate(out, samples=100, steps=20, seed=0, grid_out=Path(args.out) / "samples.png")
+    print(f"saved {out} (FD at 100 samples, 20 steps: {report['fd']:.1f}); grid: {out}/samples.png")
+    return 0
+
+
+def _cmd_reference_classifier(args: argparse.Namespace) -> int:
+    from edgediff.reference.classifier import save_classifier, train_classifier
+
+    model, acc = train_classifier(seed=args.seed)
+    save_classifier(model, Path(args.out), {"val_accuracy": acc, "epochs": 30, "seed": args.seed})
+    print(f"saved {args.out} (validation accuracy {acc:.3f})")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from edgediff.reference.evaluate import evaluate
+
+    json_out = Path(args.json) if args.json else None
+    grid = Path(args.grid) if args.grid else (json_out.with_suffix(".png") if json_out else None)
+    result = evaluate(args.model, args.samples, args.steps, args.seed, json_out, grid)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edgediff.demo import run_demo
+
+    report = run_demo(Path(args.out), samples=args.samples, steps=args.steps)
+    print(json.dumps(report["summary"], indent=2))
+    print(f"demo report: {args.out}/report.json, samples: {args.out}/samples.png")
+    return 0
+
+
+def add_train_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the train-stage subcommands on the top-level parser."""
+    ref = sub.add_parser("reference", help="the bundled reference benchmark (digits16)")
+    ref_sub = ref.add_subparsers(dest="ref_cmd", required=True)
+    p = ref_sub.add_parser("train", help="train the reference diffusion model from scratch (seeded)")
+    p.add_argument("--out", required=True, help="output folder (a diffusers DDPMPipeline folder)")
+    p.add_argument("--steps", type=_positive("--steps"), default=2400, help="optimiser steps (default 2400)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_reference_train)
+    p = ref_sub.add_parser("train-classifier", help="train the metric network (TinyCNN, about a minute)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_reference_classifier)
+
+    p = sub.add_parser("eval", help="sample a model and score it (FD, confidence, paired fidelity)")
+    p.add_argument("--model", required=True, help="'reference', a diffusers folder or a quantized folder")
+    p.add_argument("--samples", type=_positive("--samples"), default=1000)
+    p.add_argument("--steps", type=_positive("--steps"), default=50, help="DDIM steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the report here")
+    p.add_argument("--grid", help="write a sample grid PNG here (default: next to --json)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("demo", help="the end-to-end demo on the bundled reference model")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--samples", type=_positive("--samples"), default=500)
+    p.add_argument("--steps", type=_positive("--steps"), default=20)
+    p.set_defaults(func=_cmd_demo)
+
+
+def run_command(args: argparse.Namespace, handled: tuple[type[BaseException], ...] = ()) -> int:
+    """Run a parsed command; user errors print one line (no traceback) and return their exit code."""
+    try:
+        return int(args.func(args) or 0)
+    except (EdgediffError, *handled) as exc:
+        print(f"error: {exc}", file=__import__("sys").stderr)
+        return int(getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt:
+        print("error: interrupted", file=__import__("sys").stderr)
+        return 130

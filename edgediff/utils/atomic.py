@@ -1,0 +1,59 @@
+"""Atomic writes: build in a temporary sibling, then rename, so a failure leaves nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from edgediff.errors import EdgediffError
+
+
+def _check_parent(out: Path) -> Path:
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgediffError(f"cannot create output folder {parent}: {exc.strerror}") from exc
+    if not os.access(parent, os.W_OK):
+        raise EdgediffError(f"output folder {parent} is not writable; choose another --out")
+    return parent
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """Yield a temporary folder next to `out`; on success replace `out` with it, else delete it."""
+    out = Path(out)
+    parent = _check_parent(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        backup = parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, backup)
+        os.replace(tmp, out)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+@contextlib.contextmanager
+def atomic_file(out: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `out`; on success rename it to `out`, else delete it."""
+    out = Path(out)
+    parent = _check_parent(out)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", suffix=out.suffix, dir=parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
