@@ -69,6 +69,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from edgediff.methods import quantize_model
+
+    meta = quantize_model(
+        args.model,
+        args.method,
+        args.bits,
+        Path(args.out),
+        Path(args.recipe) if args.recipe else None,
+        seed=args.seed,
+        num_steps=args.steps,
+        updates=args.updates,
+    )
+    print(f"saved {args.out} ({meta['method']} {meta['bits']}, {meta['seconds']} s)")
+    return 0
+
+
 def add_train_commands(sub: argparse._SubParsersAction) -> None:
     """Register the train-stage subcommands on the top-level parser."""
     ref = sub.add_parser("reference", help="the bundled reference benchmark (digits16)")
@@ -91,6 +108,27 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", help="write the report here")
     p.add_argument("--grid", help="write a sample grid PNG here (default: next to --json)")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("quantize", help="quantize a model (ptq | efficientdm) and save a quantized folder")
+    p.add_argument("--model", required=True, help="'reference' or a local diffusers folder")
+    p.add_argument("--method", required=True, choices=["ptq", "efficientdm"])
+    p.add_argument("--bits", required=True, help="W<1-8>A<1-8|16>, e.g. W8A8, W4A8, W2A4")
+    p.add_argument("--recipe", help="a recipe JSON file (overrides the default recipe for --bits)")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument(
+        "--steps",
+        type=_positive("--steps"),
+        default=50,
+        help="sampler steps the model is calibrated / fine-tuned for (per-step tables)",
+    )
+    p.add_argument(
+        "--updates",
+        type=_positive("--updates"),
+        default=None,
+        help="fine-tuning updates for efficientdm (default 1000)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("demo", help="the end-to-end demo on the bundled reference model")
     p.add_argument("--out", default="demo-out")

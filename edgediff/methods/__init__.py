@@ -1,0 +1,70 @@
+"""Quantization methods: procedures over the shared quantization core (DESIGN.md section 2).
+
+`quantize_model` is what `edgediff quantize` runs: load the FP model, run the method, save a
+quantized folder that records its source model, method, bits and training budget.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from edgediff.errors import EdgediffError
+
+METHODS = ("ptq", "efficientdm")
+
+
+def quantize_model(
+    model: str | Path,
+    method: str,
+    bits: str,
+    out: Path,
+    recipe_file: Path | None = None,
+    seed: int = 0,
+    num_steps: int = 50,
+    updates: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run `method` at `bits` on the FP model folder (or 'reference'); write `out`; return its meta."""
+    from edgediff.quant import Recipe, parse_bits, save_quantized
+    from edgediff.reference.model import load_pipeline_parts, resolve_model_path
+
+    if method not in METHODS:
+        raise EdgediffError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    parse_bits(bits)
+    recipe = None
+    if recipe_file is not None:
+        path = Path(recipe_file)
+        if not path.is_file():
+            raise EdgediffError(f"recipe file not found: {path}")
+        recipe = Recipe.from_json(path.read_text())
+    source = resolve_model_path(model)
+    fp, scheduler = load_pipeline_parts(model)
+    if recipe is not None:
+        recipe.validate(fp)
+    sched_cfg = dict(scheduler.config)
+    t0 = time.perf_counter()
+    record: dict = {}
+    if method == "ptq":
+        from edgediff.methods.ptq import PTQConfig, run_ptq
+
+        qmodel, recipe = run_ptq(fp, sched_cfg, bits, recipe, PTQConfig(seed=seed), num_steps, progress)
+    else:
+        from edgediff.methods.efficientdm import EfficientDMConfig, run_efficientdm
+
+        trajectories = max(1, (updates or 1000) // num_steps)
+        cfg = EfficientDMConfig(num_steps=num_steps, trajectories=trajectories, seed=seed)
+        qmodel, recipe, record = run_efficientdm(fp, sched_cfg, bits, recipe, cfg, progress)
+    meta = {
+        "method": method,
+        "bits": bits.upper(),
+        "source_model": "reference" if str(model) == "reference" else str(source.resolve()),
+        "seed": seed,
+        "num_steps": num_steps,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "training": record,
+    }
+    base_config = {k: v for k, v in dict(fp.config).items() if not k.startswith("_")}
+    sched_cfg = {k: v for k, v in sched_cfg.items() if not k.startswith("_")}
+    save_quantized(qmodel, recipe, out, base_config, sched_cfg, meta)
+    return meta

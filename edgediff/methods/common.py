@@ -1,0 +1,61 @@
+"""Pieces shared by the quantization methods: FP trajectories and the fine-tuning data stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from edgediff.quant import set_step
+from edgediff.sampling import make_ddim
+
+
+@dataclass
+class TrajectoryStream:
+    """Walks seeded FP DDIM trajectories one step per call (METHODS.md 6.6: data-free
+    fine-tuning; the inputs `x_t` come from the FP model's own sampler, one update per step).
+
+    `next()` returns `(step_index, x_t, t, fp_output)` and advances the FP latent.
+    """
+
+    fp: nn.Module
+    scheduler_config: dict
+    num_steps: int
+    batch_size: int
+    sample_shape: tuple[int, ...]
+    seed: int = 0
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._sched = make_ddim(self.scheduler_config)
+        self._sched.set_timesteps(self.num_steps)
+        self._timesteps = [int(t) for t in self._sched.timesteps]
+        self._gen = torch.Generator().manual_seed(self.seed)
+        self._i = self.num_steps
+        self._x: torch.Tensor | None = None
+        self.device = next(self.fp.parameters()).device
+
+    @torch.no_grad()
+    def next(self) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._i >= self.num_steps:
+            self._x = torch.randn((self.batch_size, *self.sample_shape), generator=self._gen).to(self.device)
+            self._i = 0
+        i, t = self._i, self._timesteps[self._i]
+        x = self._x
+        tt = torch.full((x.shape[0],), t, dtype=torch.long, device=self.device)
+        out = self.fp(x, tt).sample
+        self._x = self._sched.step(out, t, x, eta=self.eta).prev_sample
+        self._i += 1
+        return i, x, tt, out
+
+
+def quant_forward(model: nn.Module, x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+    set_step(model, step)
+    return model(x, t).sample
+
+
+def sample_shape(unet: nn.Module) -> tuple[int, int, int]:
+    cfg = unet.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    return (cfg.in_channels, size, size)

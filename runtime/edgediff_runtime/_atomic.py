@@ -1,0 +1,54 @@
+"""Atomic file writes for the run stage: temp file in the same folder, then ``os.replace``.
+
+A failed run therefore never leaves a partial image, plot or JSON report behind
+(task contract: "no partial output").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from edgediff_runtime.errors import RuntimeStageError
+
+
+def _parent(out: Path) -> Path:
+    parent = out.resolve().parent
+    if not parent.is_dir():
+        raise RuntimeStageError(f"output folder {parent} does not exist; create it or choose another path")
+    if not os.access(parent, os.W_OK):
+        raise RuntimeStageError(f"output folder {parent} is not writable; choose another path")
+    return parent
+
+
+@contextlib.contextmanager
+def atomic_path(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``out``; rename it onto ``out`` on success, delete it on failure."""
+    out = Path(out)
+    parent = _parent(out)
+    fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", suffix=out.suffix, dir=parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
+
+
+def write_bytes(out: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``out`` atomically."""
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(out: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented, standard JSON (no NaN/Infinity) to ``out`` atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    write_bytes(out, text.encode("utf-8"))

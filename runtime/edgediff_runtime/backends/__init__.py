@@ -1,0 +1,59 @@
+"""Execution backends behind one protocol (DESIGN.md section 1): ``run(feeds) -> outputs``.
+
+``ort`` (ONNX Runtime: CPU, CUDA, TensorRT execution providers) and ``trt`` (native TensorRT
+engines). Both import their engine library lazily, so ``import edgediff_runtime`` needs numpy only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from edgediff_runtime.errors import RuntimeStageError
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs one model: numpy feeds in, numpy outputs out (host memory on both sides)."""
+
+    @property
+    def input_names(self) -> list[str]:
+        """Graph input names."""
+        ...
+
+    @property
+    def output_names(self) -> list[str]:
+        """Graph output names."""
+        ...
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the model once."""
+        ...
+
+
+BACKENDS = ("ort", "trt")
+
+
+def open_backend(
+    kind: str,
+    model_path: Path,
+    *,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    engine_path: Path | None = None,
+    plugin_libraries: list[Path] | None = None,
+) -> Backend:
+    """Create backend ``kind`` ("ort" or "trt") for a bundle's model or engine."""
+    if kind == "ort":
+        from edgediff_runtime.backends.ort import OrtBackend
+
+        return OrtBackend(model_path, providers=providers, threads=threads)
+    if kind == "trt":
+        from edgediff_runtime.backends.trt import TrtBackend
+
+        if engine_path is None:
+            raise RuntimeStageError("the TensorRT backend needs an engine; pass --engine PATH")
+        return TrtBackend(engine_path, plugin_libraries=plugin_libraries or [])
+    raise RuntimeStageError(f"unknown backend '{kind}'; use one of {', '.join(BACKENDS)}")

@@ -1,0 +1,597 @@
+"""The artifact bundle: ``manifest.json`` schema, checksums and golden references (DESIGN.md section 3).
+
+The runtime owns this contract; the exporter writes it with :func:`write_manifest` and
+:func:`save_golden`. A bundle is a folder::
+
+    NAME.edgediff/
+      manifest.json           Manifest.to_json(): versioned, sha256 of every other file
+      model.onnx              (+ model.onnx.data over 2 GB)
+      reference/golden.npz    noise, timesteps, per-step latents, final (+ fp_final, step_noise)
+      trt/ engines/           plugin sources and engines (optional)
+
+:func:`load_bundle` verifies the folder before anything runs: the manifest parses and validates,
+every listed file exists with the recorded sha256, and the installed runtime is new enough.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from edgediff_runtime._atomic import atomic_path, write_bytes
+from edgediff_runtime._schema import schema_errors
+from edgediff_runtime.devices import DeviceProfile
+from edgediff_runtime.errors import RuntimeStageError
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+GOLDEN_PATH = "reference/golden.npz"
+
+SAMPLER_KINDS = ("ddim", "ddpm", "dpmpp_2m", "euler", "x0_fewstep")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SPACINGS = ("leading", "trailing", "linspace")
+DTYPES = ("float32", "float16", "int64", "int32", "bool")
+
+TOLERANCE_KEYS = (
+    "latent_max_abs", "latent_psnr_min", "final_max_abs", "final_psnr_min", "fp_max_abs", "fp_psnr_min",
+)
+DEFAULT_TOLERANCES: dict[str, float] = {
+    "latent_max_abs": 1e-3,
+    "latent_psnr_min": 60.0,
+    "final_max_abs": 1e-3,
+    "final_psnr_min": 60.0,
+}
+
+
+# --------------------------------------------------------------------------------------- schema
+def _obj(props: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "properties": props, "required": required}
+
+
+_STR = {"type": "string"}
+_OPT_STR = {"type": ["string", "null"]}
+_VERSION = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$"}
+_TENSOR = _obj(
+    {
+        "name": {"type": "string", "minLength": 1},
+        "dtype": {"enum": list(DTYPES)},
+        "shape": {"type": "array", "items": {"type": ["integer", "string"]}},
+    },
+    ["name", "dtype", "shape"],
+)
+MANIFEST_SCHEMA: dict[str, Any] = _obj(
+    {
+        "schema_version": {"type": "integer", "minimum": 1},
+        "name": {"type": "string", "minLength": 1},
+        "created_by": _STR,
+        "model": _obj(
+            {
+                "family": _STR,
+                "file": {"type": "string", "minLength": 1},
+                "inputs": {"type": "array", "minItems": 1, "items": _TENSOR},
+                "outputs": {"type": "array", "minItems": 1, "items": _TENSOR},
+                "sample_shape": {"type": "array", "minItems": 3, "items": {"type": "integer", "minimum": 1}},
+                "sample_input": _STR,
+                "timestep_input": _STR,
+                "step_input": _OPT_STR,
+                "output": _OPT_STR,
+            },
+            ["family", "inputs", "outputs", "sample_shape"],
+        ),
+        "sampler": _obj(
+            {
+                "kind": {"enum": list(SAMPLER_KINDS)},
+                "num_train_timesteps": {"type": "integer", "minimum": 1},
+                "beta_schedule": {"enum": list(BETA_SCHEDULES)},
+                "beta_start": {"type": "number", "exclusiveMinimum": 0},
+                "beta_end": {"type": "number", "exclusiveMinimum": 0},
+                "prediction_type": {"enum": list(PREDICTION_TYPES)},
+                "timestep_spacing": {"enum": list(SPACINGS)},
+                "steps": {"type": "integer", "minimum": 1},
+                "eta": {"type": "number", "minimum": 0},
+                "clip_sample": {"type": "boolean"},
+                "clip_sample_range": {"type": "number", "exclusiveMinimum": 0},
+                "set_alpha_to_one": {"type": "boolean"},
+                "steps_offset": {"type": "integer", "minimum": 0},
+                "guidance_scale": {"type": ["number", "null"]},
+                "variance_type": {"enum": ["fixed_small", "fixed_large"]},
+            },
+            ["kind"],
+        ),
+        "quant": _obj({"recipe": {"type": "object"}, "precision": {"type": "object"}}, []),
+        "onnx": _obj(
+            {
+                "opset": {"type": "integer", "minimum": 1},
+                "ir_version": {"type": "integer", "minimum": 1},
+                "custom_ops": {
+                    "type": "array",
+                    "items": _obj(
+                        {"name": _STR, "domain": _STR, "plugin_namespace": _STR, "plugin_version": _STR},
+                        ["name", "domain"],
+                    ),
+                },
+            },
+            ["opset", "ir_version"],
+        ),
+        "requirements": _obj(
+            {
+                "onnxruntime_min": _VERSION,
+                "tensorrt_min": {"type": ["string", "null"], "pattern": "^[0-9]+(\\.[0-9]+)*$"},
+            },
+            [],
+        ),
+        "device": {"type": ["object", "null"]},
+        "files": {"type": "object"},
+        "parity": _obj(
+            {
+                "tolerances": {"type": "object"},
+                "report": {"type": ["object", "null"]},
+                "tolerance_source": _STR,
+            },
+            [],
+        ),
+    },
+    ["schema_version", "name", "model", "sampler", "onnx"],
+)
+
+
+# ---------------------------------------------------------------------------------- dataclasses
+@dataclass
+class TensorSpec:
+    """One graph input/output: symbolic dims are strings (``"batch"``)."""
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+
+
+@dataclass
+class ModelSpec:
+    """What the sampler feeds the graph: ``sample_input``, ``timestep_input``, optional step index."""
+
+    family: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    sample_shape: list[int]
+    file: str = "model.onnx"
+    sample_input: str = "sample"
+    timestep_input: str = "timestep"
+    step_input: str | None = None
+    output: str | None = None
+
+    def input(self, name: str) -> TensorSpec:
+        """The input spec called ``name``."""
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    @property
+    def output_name(self) -> str:
+        """The output the sampler reads (``output`` or the first output)."""
+        return self.output or self.outputs[0].name
+
+
+@dataclass
+class SamplerSpec:
+    """Sampler and noise schedule, in diffusers' config vocabulary (``*Scheduler.from_config``)."""
+
+    kind: str
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    prediction_type: str = "epsilon"
+    timestep_spacing: str = "leading"
+    steps: int = 50
+    eta: float = 0.0
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+    set_alpha_to_one: bool = True
+    steps_offset: int = 0
+    guidance_scale: float | None = None
+    variance_type: str = "fixed_small"
+
+
+@dataclass
+class CustomOp:
+    """A custom-domain ONNX node and the TensorRT plugin that implements it."""
+
+    name: str
+    domain: str
+    plugin_namespace: str = ""
+    plugin_version: str = "1"
+
+
+@dataclass
+class OnnxSpec:
+    """Opset / IR version of ``model.onnx`` and the custom ops it uses."""
+
+    opset: int
+    ir_version: int
+    custom_ops: list[CustomOp] = field(default_factory=list)
+
+
+@dataclass
+class QuantSpec:
+    """Recipe summary and per-node precision table (``{node name: "int8" | "int4-weight-only" | ...}``)."""
+
+    recipe: dict[str, Any] = field(default_factory=dict)
+    precision: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Requirements:
+    """Minimum runtime versions the bundle needs."""
+
+    onnxruntime_min: str = "1.20"
+    tensorrt_min: str | None = None
+
+
+@dataclass
+class ParitySpec:
+    """Level-2/3 tolerances (DESIGN.md section 4), the export-time report and how tolerances were derived."""
+
+    tolerances: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
+    report: dict[str, Any] | None = None
+    tolerance_source: str = "runtime defaults (no derivation recorded by the exporter)"
+
+
+@dataclass
+class Manifest:
+    """``manifest.json``: the versioned artifact contract (DESIGN.md section 3)."""
+
+    name: str
+    model: ModelSpec
+    sampler: SamplerSpec
+    onnx: OnnxSpec
+    created_by: str = "edgediff"
+    quant: QuantSpec = field(default_factory=QuantSpec)
+    requirements: Requirements = field(default_factory=Requirements)
+    device: dict[str, Any] | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    parity: ParitySpec = field(default_factory=ParitySpec)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict, ``schema_version`` first."""
+        data = dataclasses.asdict(self)
+        return {"schema_version": data.pop("schema_version"), **data}
+
+    def to_json(self) -> str:
+        """Indented JSON text (standard JSON: no NaN/Infinity)."""
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "manifest.json") -> Manifest:
+        """Validate and build; a newer ``schema_version`` is refused with an upgrade hint."""
+        if not isinstance(data, dict):
+            raise RuntimeStageError(
+                f"{source}: expected a JSON object at the top level; re-export the bundle"
+            )
+        version = data.get("schema_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+            raise RuntimeStageError(
+                f"bundle schema {version} is newer than this runtime "
+                f"supports ({SCHEMA_VERSION}); upgrade edgediff"
+            )
+        errors = schema_errors(data, MANIFEST_SCHEMA)
+        if errors:
+            more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+            raise RuntimeStageError(f"{source}: {errors[0]}{more}; re-export the bundle")
+        model = dict(data["model"])
+        model["inputs"] = [TensorSpec(**t) for t in model["inputs"]]
+        model["outputs"] = [TensorSpec(**t) for t in model["outputs"]]
+        onnx = dict(data["onnx"])
+        onnx["custom_ops"] = [CustomOp(**c) for c in onnx.get("custom_ops", [])]
+        manifest = cls(
+            schema_version=data["schema_version"],
+            name=data["name"],
+            created_by=data.get("created_by", "edgediff"),
+            model=ModelSpec(**model),
+            sampler=SamplerSpec(**data["sampler"]),
+            onnx=OnnxSpec(**onnx),
+            quant=QuantSpec(**data.get("quant", {})),
+            requirements=Requirements(**data.get("requirements", {})),
+            device=data.get("device"),
+            files=dict(data.get("files", {})),
+            parity=ParitySpec(**data.get("parity", {})),
+        )
+        manifest.check(source)
+        return manifest
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "manifest.json") -> Manifest:
+        """Parse JSON text; syntax errors name the line and column."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RuntimeStageError(
+                f"{source} is not valid JSON (line {exc.lineno}, column "
+                f"{exc.colno}): {exc.msg}; re-export the bundle"
+            ) from None
+        return cls.from_dict(data, source)
+
+    def check(self, source: str = "manifest") -> None:
+        """Cross-field rules the JSON schema cannot express."""
+
+        def bad(problem: str) -> RuntimeStageError:
+            return RuntimeStageError(f"{source}: {problem}; re-export the bundle")
+
+        names = [t.name for t in self.model.inputs]
+        for role in ("sample_input", "timestep_input", "step_input"):
+            name = getattr(self.model, role)
+            if name is not None and name not in names:
+                raise bad(f"model.{role} '{name}' is not one of the graph inputs {names}")
+        if self.model.output is not None and self.model.output not in [t.name for t in self.model.outputs]:
+            raise bad(f"model.output '{self.model.output}' is not one of the graph outputs")
+        if self.model.step_input is not None and self.model.input(self.model.step_input).dtype != "int64":
+            raise bad(f"model.step_input '{self.model.step_input}' must be int64")
+        if len(self.model.sample_shape) != 3:
+            raise bad(f"model.sample_shape must be [C, H, W], got {self.model.sample_shape}")
+        if self.sampler.steps > self.sampler.num_train_timesteps:
+            raise bad("sampler.steps exceeds sampler.num_train_timesteps")
+        for key, value in self.parity.tolerances.items():
+            if key not in TOLERANCE_KEYS:
+                raise bad(f"parity.tolerances.{key} is unknown (known: {', '.join(TOLERANCE_KEYS)})")
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise bad(f"parity.tolerances.{key} must be a number, got {value!r}")
+        for rel in self.files:
+            pure = PurePosixPath(rel)
+            if pure.is_absolute() or ".." in pure.parts or rel == MANIFEST_NAME:
+                raise bad(f"files lists '{rel}', which is not a plain path inside the bundle")
+        if self.device is not None:
+            DeviceProfile.from_dict(self.device, source=source, path="device", fix="re-export the bundle")
+
+    def profile(self) -> DeviceProfile | None:
+        """The embedded target device profile, if any."""
+        return None if self.device is None else DeviceProfile.from_dict(self.device, "manifest device")
+
+
+# ----------------------------------------------------------------------------------- file I/O
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: str | os.PathLike[str], manifest: Manifest) -> Manifest:
+    """Fill ``manifest.files`` with the sha256 of every file in ``folder`` (but manifest.json); write it.
+
+    Hidden files (names starting with ``.``, e.g. leftovers of atomic writes) are skipped. Returns the
+    manifest that was written. The exporter calls this last, on its temporary bundle folder.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise RuntimeStageError(f"bundle folder {root} does not exist; create it before writing the manifest")
+    files: dict[str, str] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if not path.is_file() or rel == MANIFEST_NAME or any(p.startswith(".") for p in rel.split("/")):
+            continue
+        files[rel] = sha256_file(path)
+    if manifest.model.file not in files:
+        raise RuntimeStageError(f"bundle folder {root} has no {manifest.model.file}; write the model first")
+    out = dataclasses.replace(manifest, files=files)
+    out.check(f"manifest of {root.name}")
+    write_bytes(root / MANIFEST_NAME, out.to_json().encode("utf-8"))
+    return out
+
+
+@dataclass
+class Bundle:
+    """A verified bundle on disk."""
+
+    root: Path
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        """The bundle's folder name."""
+        return self.root.name
+
+    @property
+    def model_path(self) -> Path:
+        """Path of the ONNX model."""
+        return self.root / self.manifest.model.file
+
+    @property
+    def golden_path(self) -> Path:
+        """Path of the golden references (may not exist)."""
+        return self.root / GOLDEN_PATH
+
+    @property
+    def has_golden(self) -> bool:
+        """True when the bundle lists golden references."""
+        return GOLDEN_PATH in self.manifest.files
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("."):
+        m = re.match(r"\d+", piece)
+        if not m:
+            break
+        parts.append(int(m.group()))
+    return tuple(parts)
+
+
+def version_at_least(installed: str, minimum: str) -> bool:
+    """``installed >= minimum`` comparing the leading numeric components (``1.20.1`` >= ``1.20``)."""
+    a, b = _version_tuple(installed), _version_tuple(minimum)
+    width = max(len(a), len(b))
+    return a + (0,) * (width - len(a)) >= b + (0,) * (width - len(b))
+
+
+def _check_runtime_versions(manifest: Manifest, backend: str | None, name: str) -> None:
+    req = manifest.requirements
+    if backend == "ort":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeStageError(
+                "onnxruntime is not installed; pip install "
+                "onnxruntime (or onnxruntime-gpu from the Jetson Zoo)"
+            ) from None
+        if not version_at_least(ort.__version__, req.onnxruntime_min):
+            raise RuntimeStageError(
+                f"bundle {name} needs onnxruntime >= {req.onnxruntime_min} but {ort.__version__} is "
+                "installed; upgrade onnxruntime"
+            )
+    elif backend == "trt" and req.tensorrt_min:
+        try:
+            import tensorrt as trt
+        except ImportError:
+            return  # the TensorRT backend reports its absence itself, with the fix
+        if not version_at_least(trt.__version__, req.tensorrt_min):
+            raise RuntimeStageError(
+                f"bundle {name} needs TensorRT >= {req.tensorrt_min} but {trt.__version__} is installed; "
+                "use a JetPack with a newer TensorRT or --backend ort"
+            )
+
+
+def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, backend: str | None = "ort") -> Bundle:
+    """Open and verify a bundle (DESIGN.md section 3).
+
+    Checks that the folder and ``manifest.json`` exist and parse, that every file listed in
+    ``manifest.files`` exists with the recorded sha256 (``verify=False`` skips hashing), and that the
+    installed runtime for ``backend`` ("ort", "trt" or None) meets ``manifest.requirements``.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise RuntimeStageError(f"bundle {root} does not exist; check the path")
+    if not root.is_dir():
+        raise RuntimeStageError(
+            f"bundle {root} is not a folder; pass the NAME.edgediff folder the exporter wrote"
+        )
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise RuntimeStageError(f"{root} is not an edgediff bundle: {MANIFEST_NAME} is missing; re-export it")
+    try:
+        text = manifest_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuntimeStageError(f"cannot read {manifest_path}: {exc}; re-export the bundle") from None
+    manifest = Manifest.from_json(text, source=f"{MANIFEST_NAME} of bundle {root.name}")
+    if manifest.model.file not in manifest.files:
+        raise RuntimeStageError(
+            f"{MANIFEST_NAME} of bundle {root.name} has no checksum "
+            f"for {manifest.model.file}; re-export the bundle"
+        )
+    for rel, expected in manifest.files.items():
+        file = root / rel
+        if not file.is_file():
+            raise RuntimeStageError(f"bundle {root.name} is incomplete: {rel} is missing; re-export it")
+        if verify and sha256_file(file) != expected:
+            raise RuntimeStageError(
+                f"checksum mismatch for {rel}: the file was modified or truncated; re-export the bundle"
+            )
+    _check_runtime_versions(manifest, backend, root.name)
+    return Bundle(root=root, manifest=manifest)
+
+
+# ------------------------------------------------------------------------------ golden references
+@dataclass
+class Golden:
+    """Golden references recorded from PyTorch at export time (DESIGN.md sections 3 and 4)."""
+
+    noise: np.ndarray  # [N, C, H, W] float32, the initial latent before init_noise_sigma scaling
+    timesteps: np.ndarray  # [S] model timesteps, in call order
+    latents: np.ndarray  # [S, N, C, H, W] float32, latent after each step
+    final: np.ndarray  # [N, C, H, W] float32, pipeline output (last latent clipped to [-1, 1])
+    fp_final: np.ndarray | None = None  # [N, C, H, W] full-precision model's final output (level 3)
+    step_noise: np.ndarray | None = None  # [S, N, C, H, W] noise injected by stochastic samplers
+
+    @property
+    def steps(self) -> int:
+        """Number of sampler steps recorded."""
+        return int(self.timesteps.shape[0])
+
+
+def _check_golden(g: Golden, where: str) -> None:
+    def bad(problem: str) -> RuntimeStageError:
+        return RuntimeStageError(f"{where}: {problem}; re-record the golden references")
+
+    if g.noise.ndim != 4:
+        raise bad(f"noise must be [N, C, H, W], got shape {list(g.noise.shape)}")
+    if g.timesteps.ndim != 1 or g.timesteps.shape[0] < 1:
+        raise bad(f"timesteps must be [S] with S >= 1, got shape {list(g.timesteps.shape)}")
+    expect = (g.steps, *g.noise.shape)
+    if g.latents.shape != expect:
+        raise bad(f"latents must have shape {list(expect)} ([S, N, C, H, W]), got {list(g.latents.shape)}")
+    if g.final.shape != g.noise.shape:
+        raise bad(f"final must have shape {list(g.noise.shape)}, got {list(g.final.shape)}")
+    if g.fp_final is not None and g.fp_final.shape != g.noise.shape:
+        raise bad(f"fp_final must have shape {list(g.noise.shape)}, got {list(g.fp_final.shape)}")
+    if g.step_noise is not None and g.step_noise.shape != expect:
+        raise bad(f"step_noise must have shape {list(expect)}, got {list(g.step_noise.shape)}")
+
+
+def save_golden(
+    folder: str | os.PathLike[str],
+    *,
+    noise: np.ndarray,
+    timesteps: np.ndarray,
+    latents: np.ndarray,
+    final: np.ndarray,
+    fp_final: np.ndarray | None = None,
+    step_noise: np.ndarray | None = None,
+) -> Path:
+    """Write ``<folder>/reference/golden.npz`` atomically (call before :func:`write_manifest`)."""
+    g = Golden(
+        noise=np.asarray(noise, dtype=np.float32),
+        timesteps=np.asarray(timesteps),
+        latents=np.asarray(latents, dtype=np.float32),
+        final=np.asarray(final, dtype=np.float32),
+        fp_final=None if fp_final is None else np.asarray(fp_final, dtype=np.float32),
+        step_noise=None if step_noise is None else np.asarray(step_noise, dtype=np.float32),
+    )
+    if np.issubdtype(g.timesteps.dtype, np.integer):
+        g.timesteps = g.timesteps.astype(np.int64)
+    _check_golden(g, "golden references")
+    out = Path(folder) / GOLDEN_PATH
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: v for k, v in dataclasses.asdict(g).items() if v is not None}
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    return out
+
+
+def load_golden(bundle: Bundle) -> Golden:
+    """Read the bundle's golden references (checksum already verified by :func:`load_bundle`)."""
+    path = bundle.golden_path
+    if not bundle.has_golden or not path.is_file():
+        raise RuntimeStageError(
+            f"bundle {bundle.name} has no {GOLDEN_PATH}; re-export it with golden references to run parity"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise RuntimeStageError(
+            f"cannot read {GOLDEN_PATH} of bundle {bundle.name}: {exc}; re-export it"
+        ) from None
+    missing = [k for k in ("noise", "timesteps", "latents", "final") if k not in arrays]
+    if missing:
+        raise RuntimeStageError(
+            f"{GOLDEN_PATH} of bundle {bundle.name} lacks {', '.join(missing)}; "
+            "re-record the golden references"
+        )
+    known = {f.name for f in dataclasses.fields(Golden)}
+    g = Golden(**{k: v for k, v in arrays.items() if k in known})
+    _check_golden(g, f"{GOLDEN_PATH} of bundle {bundle.name}")
+    return g

@@ -1,0 +1,309 @@
+"""``edgediff-run``: inspect, sample, check parity and benchmark a bundle on the device, without torch.
+
+Subcommands (DESIGN.md sections 3-5): ``info``, ``sample``, ``parity``, ``bench``. A user error prints
+``error: <one line>`` to stderr and exits 2; ``parity`` exits 1 on FAIL. Outputs are written
+atomically, so a failed run leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+
+from edgediff_runtime._atomic import write_json
+from edgediff_runtime.backends import BACKENDS, Backend, open_backend
+from edgediff_runtime.bundle import Bundle, load_bundle
+from edgediff_runtime.devices import check_host
+from edgediff_runtime.errors import RuntimeStageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the run stage's error contract: one line on stderr, exit 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
+def _check_out(path: Path | None, suffix: str, flag: str) -> None:
+    """Refuse a bad output path before any work is done (the write itself is atomic)."""
+    if path is None:
+        return
+    if path.suffix.lower() != suffix:
+        raise RuntimeStageError(f"{flag} must end in {suffix}, got {path.name}")
+    if not path.resolve().parent.is_dir():
+        raise RuntimeStageError(f"{flag}: folder {path.resolve().parent} does not exist; create it first")
+
+
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=BACKENDS, default="ort", help="execution backend (default: ort)")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument(
+        "--provider", action="append", default=None, metavar="EP",
+        help="ONNX Runtime provider (cpu, cuda, tensorrt or a full name); repeat for fallbacks. "
+        "Default: the device profile's providers that are available, else CPU",
+    )
+    p.add_argument(
+        "--engine", type=Path, default=None, help="TensorRT engine (default: engines/<device>.engine)"
+    )
+    p.add_argument("--plugin", type=Path, action="append", default=None, metavar="LIB",
+                   help="TensorRT plugin library to load first (default: trt/lib/*.so in the bundle)")
+    p.add_argument("--ignore-device", action="store_true",
+                   help="run even if the bundle targets another device profile")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of ``edgediff-run``."""
+    parser = _Parser(
+        prog="edgediff-run",
+        description="Run edgediff bundles on a device (ONNX Runtime or TensorRT), no PyTorch needed.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("info", help="show what a bundle contains", description="Show a bundle's manifest.")
+    p.add_argument("bundle", type=Path, help="NAME.edgediff folder")
+    p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+
+    p = sub.add_parser("sample", help="generate images into a PNG grid",
+                       description="Sample images with the bundle's sampler and write a PNG grid.")
+    p.add_argument("bundle", type=Path, help="NAME.edgediff folder")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the manifest's)")
+    p.add_argument("--num", type=int, default=4, help="number of images (default 4)")
+    p.add_argument("--out", type=Path, required=True, help="output PNG grid")
+    p.add_argument("--scale", type=int, default=1, help="pixel repeat factor for small images")
+    p.add_argument("--save-npy", type=Path, default=None, help="also write the raw [N,C,H,W] output (.npy)")
+    _add_backend_args(p)
+
+    p = sub.add_parser("parity", help="check the bundle against its golden references",
+                       description="Level-2/3 parity (DESIGN.md section 4). Exit 0 PASS, 1 FAIL, 2 error.")
+    p.add_argument("bundle", type=Path, help="NAME.edgediff folder")
+    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the JSON report")
+    p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="plot the per-step curve")
+    _add_backend_args(p)
+
+    p = sub.add_parser("bench", help="latency per model call and per image",
+                       description="Benchmark: p50/p90/p99 latency per model call and per image, peak RSS.")
+    p.add_argument("bundle", type=Path, help="NAME.edgediff folder")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--iters", type=int, default=20, help="timed model calls (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up calls (default 3)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps per image (default: manifest)")
+    p.add_argument("--image-runs", type=int, default=3, help="timed full sampling runs (default 3)")
+    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the JSON result")
+    _add_backend_args(p)
+    return parser
+
+
+def _default_providers(bundle: Bundle) -> list[str] | None:
+    profile = bundle.manifest.profile()
+    if profile is None:
+        return None
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    have = set(onnxruntime.get_available_providers())
+    chosen = [p for p in profile.ort_providers if p in have]
+    return chosen or None
+
+
+def _engine_and_plugins(bundle: Bundle, args: argparse.Namespace) -> tuple[Path | None, list[Path]]:
+    engine = args.engine
+    if engine is None:
+        profile = bundle.manifest.profile()
+        engines = sorted((bundle.root / "engines").glob("*.engine"))
+        named = [e for e in engines if profile is not None and e.stem == profile.name]
+        engine = (named or engines or [bundle.root / "engines" / "model.engine"])[0]
+    plugins = args.plugin if args.plugin is not None else sorted((bundle.root / "trt" / "lib").glob("*.so"))
+    return engine, list(plugins)
+
+
+def _open(args: argparse.Namespace) -> tuple[Bundle, Backend]:
+    bundle = load_bundle(args.bundle, backend=args.backend)
+    profile = bundle.manifest.profile()
+    if profile is not None and not args.ignore_device:
+        check_host(profile, args.backend)
+    if args.threads is not None and args.threads < 1:
+        raise RuntimeStageError(f"--threads must be >= 1, got {args.threads}")
+    engine, plugins = _engine_and_plugins(bundle, args) if args.backend == "trt" else (None, [])
+    backend = open_backend(
+        args.backend,
+        bundle.model_path,
+        threads=args.threads,
+        providers=args.provider or (None if args.ignore_device else _default_providers(bundle)),
+        engine_path=engine,
+        plugin_libraries=plugins,
+    )
+    return bundle, backend
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print a bundle summary (or the manifest JSON)."""
+    bundle = load_bundle(args.bundle, backend=None)
+    m = bundle.manifest
+    if args.json:
+        print(m.to_json(), end="")
+        return 0
+    size = sum((bundle.root / rel).stat().st_size for rel in m.files)
+    s = m.sampler
+    precisions: dict[str, int] = {}
+    for value in m.quant.precision.values():
+        key = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        precisions[key] = precisions.get(key, 0) + 1
+
+    def shape(spec) -> str:
+        return f"{spec.name} {spec.dtype}[{', '.join(map(str, spec.shape))}]"
+
+    golden = "yes" if bundle.has_golden else "no"
+    lines = [
+        f"bundle      {bundle.name} (schema {m.schema_version}, created by {m.created_by})",
+        f"model       {m.model.family}, {m.model.file}, sample [C,H,W] = {m.model.sample_shape}",
+        f"inputs      {'; '.join(shape(t) for t in m.model.inputs)}",
+        f"outputs     {'; '.join(shape(t) for t in m.model.outputs)}",
+        f"step input  {m.model.step_input or '-'}",
+        f"sampler     {s.kind}, {s.steps} steps, {s.prediction_type}, {s.beta_schedule} "
+        f"(T={s.num_train_timesteps}), spacing {s.timestep_spacing}, eta {s.eta}, "
+        f"guidance {s.guidance_scale if s.guidance_scale is not None else '-'}",
+        f"onnx        opset {m.onnx.opset}, IR {m.onnx.ir_version}, custom ops: "
+        + (", ".join(f"{c.domain}::{c.name} (plugin {c.plugin_namespace or '-'} v{c.plugin_version})"
+                     for c in m.onnx.custom_ops) or "none"),
+        f"quant       {m.quant.recipe.get('name', '-') if m.quant.recipe else '-'}; per-node precision: "
+        + (", ".join(f"{k} x{v}" for k, v in sorted(precisions.items())) or "-"),
+        f"requires    onnxruntime >= {m.requirements.onnxruntime_min}"
+        + (f", TensorRT >= {m.requirements.tensorrt_min}" if m.requirements.tensorrt_min else ""),
+        f"device      {m.device['name'] if m.device else 'any (no profile embedded)'}",
+        f"files       {len(m.files)} ({size / 1e6:.2f} MB), golden references: {golden}",
+        f"parity      tolerances {m.parity.tolerances}; {m.parity.tolerance_source}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, disable=None)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Sample ``--num`` images and write them as a PNG grid (atomically)."""
+    from edgediff_runtime.imaging import save_grid
+    from edgediff_runtime.pipeline import sample
+    from edgediff_runtime.samplers import make_sampler
+
+    if args.num < 1:
+        raise RuntimeStageError(f"--num must be >= 1, got {args.num}")
+    if args.scale < 1:
+        raise RuntimeStageError(f"--scale must be >= 1, got {args.scale}")
+    if args.seed < 0:
+        raise RuntimeStageError(f"--seed must be >= 0, got {args.seed}")
+    if args.steps is not None and args.steps < 1:
+        raise RuntimeStageError(f"steps must be >= 1, got {args.steps}; pass --steps 1 or more")
+    _check_out(args.out, ".png", "--out")
+    _check_out(args.save_npy, ".npy", "--save-npy")
+    bundle, backend = _open(args)
+    steps = bundle.manifest.sampler.steps if args.steps is None else args.steps
+    make_sampler(bundle.manifest.sampler, steps)  # reject bad --steps before any work
+    noise = np.random.default_rng(args.seed).standard_normal(
+        (args.num, *bundle.manifest.model.sample_shape), dtype=np.float32
+    )
+    bar = _progress(steps, "sampling")
+    try:
+        result = sample(
+            bundle, backend, noise, steps,
+            step_callback=(lambda i, t, x: bar.update(1)) if bar is not None else None,
+            rng=np.random.default_rng(args.seed + 1),
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if not np.all(np.isfinite(result.final)):
+        raise RuntimeStageError("the model produced NaN/Inf; check the bundle with `edgediff-run parity`")
+    save_grid(args.out, result.final, scale=args.scale)
+    if args.save_npy is not None:
+        from edgediff_runtime._atomic import atomic_path
+
+        with atomic_path(args.save_npy) as tmp, tmp.open("wb") as fh:
+            np.save(fh, result.final)
+    per_call = 1e3 * float(np.mean(result.call_seconds))
+    print(f"wrote {args.out} ({args.num} images, {steps} steps, {per_call:.1f} ms per model call)")
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace) -> int:
+    """Level-2/3 parity; exit 0 on PASS, 1 on FAIL."""
+    from edgediff_runtime.parity import format_report, run_parity
+
+    _check_out(args.json, ".json", "--json")
+    _check_out(args.plot, ".png", "--plot")
+    bundle, backend = _open(args)
+    report = run_parity(bundle, backend, backend_name=args.backend)
+    if args.plot is not None:
+        from edgediff_runtime.imaging import plot_parity
+
+        plot_parity(args.plot, report)
+    if args.json is not None:
+        write_json(args.json, report)
+    print(format_report(report))
+    return 0 if report["passed"] else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Latency percentiles per model call and per image."""
+    from edgediff_runtime.bench import run_bench
+
+    _check_out(args.json, ".json", "--json")
+    bundle, backend = _open(args)
+    result = run_bench(
+        bundle, backend, batch=args.batch, iters=args.iters, warmup=args.warmup, steps=args.steps,
+        image_runs=args.image_runs, backend_name=args.backend,
+    )
+    if args.json is not None:
+        write_json(args.json, result)
+    call = result["unet_call_ms"]
+    lines = [
+        f"bench {result['bundle']} ({result['backend']}, batch {result['batch']}, {result['steps']} steps)",
+        f"  model call  p50 {call['p50']:.2f} ms  p90 {call['p90']:.2f} "
+        f"ms  p99 {call['p99']:.2f} ms  (n={call['n']})",
+    ]
+    if result["image_ms"]:
+        img = result["image_ms"]
+        lines.append(
+            f"  per image   p50 {img['p50']:.1f} ms  p90 {img['p90']:.1f} ms  p99 {img['p99']:.1f} ms"
+        )
+    if result["peak_rss_mb"] is not None:
+        lines.append(f"  peak RSS    {result['peak_rss_mb']:.0f} MiB")
+    print("\n".join(lines))
+    return 0
+
+
+COMMANDS = {"info": cmd_info, "sample": cmd_sample, "parity": cmd_parity, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``edgediff-run``; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed as one line)
+        return int(exc.code or 0)
+    try:
+        return COMMANDS[args.command](args)
+    except RuntimeStageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Image output without heavy dependencies: a pure-zlib PNG encoder, sample grids and the parity curve.
+
+The grid writer needs numpy only (works on a bare device). The parity plot is drawn with
+``PIL.ImageDraw`` when Pillow is importable (no matplotlib).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+import zlib
+
+import numpy as np
+
+from edgediff_runtime._atomic import write_bytes
+from edgediff_runtime.errors import RuntimeStageError
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes for a uint8 image [H, W] (grey) or [H, W, 3] (RGB) (PNG spec, filter type 0)."""
+    if image.dtype != np.uint8:
+        raise ValueError("encode_png needs uint8")
+    if image.ndim == 2:
+        color, channels = 0, 1
+    elif image.ndim == 3 and image.shape[2] == 3:
+        color, channels = 2, 3
+    else:
+        raise ValueError(f"encode_png needs [H, W] or [H, W, 3], got {image.shape}")
+    h, w = image.shape[:2]
+    rows = np.ascontiguousarray(image).reshape(h, w * channels)
+    raw = b"".join(b"\x00" + rows[y].tobytes() for y in range(h))
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + tag + data + crc
+
+    header = struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] float images [N, C, H, W] to uint8 [N, H, W] (C = 1) or [N, H, W, 3] (C = 3).
+
+    Other channel counts show channel 0.
+    """
+    x = np.clip((np.asarray(images, dtype=np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    if x.shape[1] == 3:
+        return x.transpose(0, 2, 3, 1)
+    return x[:, 0]
+
+
+def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile uint8 images [N, H, W(, 3)] into one image with ``pad`` pixels of black between tiles."""
+    n = images.shape[0]
+    ncol = ncol or max(1, math.ceil(math.sqrt(n)))
+    nrow = math.ceil(n / ncol)
+    h, w = images.shape[1:3]
+    shape = (nrow * (h + pad) + pad, ncol * (w + pad) + pad, *images.shape[3:])
+    grid = np.zeros(shape, dtype=np.uint8)
+    for k in range(n):
+        r, c = divmod(k, ncol)
+        y, x = pad + r * (h + pad), pad + c * (w + pad)
+        grid[y : y + h, x : x + w] = images[k]
+    return grid
+
+
+def save_grid(path: str | os.PathLike[str], images: np.ndarray, scale: int = 1) -> None:
+    """Write [-1, 1] images [N, C, H, W] as one PNG grid, atomically; ``scale`` repeats pixels."""
+    grid = make_grid(to_uint8(images))
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    write_bytes(path, encode_png(grid))
+
+
+def plot_parity(path: str | os.PathLike[str], report: dict) -> None:
+    """Per-step curve of a parity report (DESIGN.md section 4): PSNR (dB) and log10 max abs error."""
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError:
+        raise RuntimeStageError("--plot needs Pillow; pip install pillow or drop --plot") from None
+    per_step = report["level2"]["per_step"]
+    tol = report["tolerances"]
+    width, height, margin = 720, 520, 60
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    steps = [p["step"] for p in per_step]
+    cap = 160.0  # identical latents have infinite PSNR: drawn at the cap
+    psnr = [cap if p["psnr"] is None else min(p["psnr"], cap) for p in per_step]
+    err = [math.log10(max(p["max_abs"], 1e-12)) for p in per_step]
+    panels = [
+        ("PSNR per step (dB)", psnr, tol.get("latent_psnr_min"), (30, 90, 200), 30, (height - 30) // 2),
+        (
+            "log10 max |runtime - pytorch| per step",
+            err,
+            math.log10(tol["latent_max_abs"]) if tol.get("latent_max_abs") else None,
+            (200, 60, 30),
+            (height - 30) // 2 + 30,
+            height - 30,
+        ),
+    ]
+    s_max = max(steps) if steps else 1
+    for title, values, limit, color, top, bottom in panels:
+        lo = min(values + ([limit] if limit is not None else []))
+        hi = max(values + ([limit] if limit is not None else []))
+        if hi - lo < 1e-9:
+            lo, hi = lo - 1, hi + 1
+        left, right = margin, width - 20
+
+        def xy(s, v, lo=lo, hi=hi, top=top, bottom=bottom, left=left, right=right) -> tuple[float, float]:
+            x = left + (right - left) * (s / s_max if s_max else 0.5)
+            y = bottom - (bottom - top) * (v - lo) / (hi - lo)
+            return x, y
+
+        draw.rectangle([left, top, right, bottom], outline="black")
+        draw.text((left, top - 14), title, fill="black")
+        draw.text((4, top), f"{hi:.3g}", fill="black")
+        draw.text((4, bottom - 10), f"{lo:.3g}", fill="black")
+        if limit is not None:
+            y = xy(0, limit)[1]
+            draw.line([left, y, right, y], fill=(120, 120, 120), width=1)
+            draw.text((right - 110, y - 12), f"tolerance {limit:.3g}", fill=(90, 90, 90))
+        points = [xy(s, v) for s, v in zip(steps, values)]
+        if len(points) > 1:
+            draw.line(points, fill=color, width=2)
+        for px, py in points:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
+    verdict = "PASS" if report["passed"] else "FAIL"
+    footer = f"{report['bundle']}: {verdict}  (step 0 = noisiest; x axis = step)"
+    draw.text((margin, height - 18), footer, fill="black")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
