@@ -12,6 +12,13 @@ from pathlib import Path
 from edgediff.errors import EdgediffError
 
 
+def _umask_mode(mode: int) -> int:
+    """`mode` filtered by the process umask (mkstemp/mkdtemp create 0600/0700 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def _check_parent(out: Path) -> Path:
     parent = out.resolve().parent
     try:
@@ -29,6 +36,7 @@ def atomic_dir(out: Path) -> Iterator[Path]:
     out = Path(out)
     parent = _check_parent(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    os.chmod(tmp, _umask_mode(0o777))
     try:
         yield tmp
     except BaseException:
@@ -50,6 +58,7 @@ def atomic_file(out: Path) -> Iterator[Path]:
     parent = _check_parent(out)
     fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", suffix=out.suffix, dir=parent)
     os.close(fd)
+    os.chmod(name, _umask_mode(0o666))
     tmp = Path(name)
     try:
         yield tmp

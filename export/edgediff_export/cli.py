@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from edgediff import __version__
 from edgediff.cli import add_train_commands, run_command
@@ -33,6 +34,102 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from edgediff_export.bundle import ExportOptions, export_bundle
+
+    opts = ExportOptions(
+        placement=args.placement,
+        device=args.device,
+        steps=args.steps,
+        opset=args.opset,
+        residual=args.residual,
+        golden_samples=args.golden_samples,
+        seed=args.seed,
+        allow_fp=args.fp,
+    )
+    out = export_bundle(args.model, Path(args.out), opts)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_export_lint(args: argparse.Namespace) -> int:
+    import onnx
+
+    from edgediff_export.errors import ExportError
+    from edgediff_export.passes.lint import format_violations, lint
+    from edgediff_runtime.devices import load_profile
+
+    path = Path(args.model)
+    if not path.is_file():
+        raise ExportError(f"ONNX file not found: {path}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError and others for corrupt files
+        raise ExportError(f"cannot read {path} as ONNX: {exc}") from exc
+    violations = lint(model, load_profile(args.device).to_dict())
+    if violations:
+        print(format_violations(violations))
+        print(f"{len(violations)} violation(s) of {args.device} rules")
+        return 1
+    print(f"OK: {path} meets the rules of {args.device}")
+    return 0
+
+
+def _cmd_export_validate(args: argparse.Namespace) -> int:
+    from edgediff_export.validate import validate_layers
+
+    rows = validate_layers(args.model, args.bundle, max_steps=args.max_steps)
+    print(f"{'layer':60s} {'mean SQNR dB':>12s} {'min SQNR dB':>12s}")
+    for row in rows[: args.worst]:
+        print(f"{row['layer']:60s} {row['sqnr_db']:12.1f} {row['min_sqnr_db']:12.1f}")
+    if args.json:
+        import json
+
+        from edgediff.utils.atomic import atomic_file
+
+        with atomic_file(Path(args.json)) as tmp:
+            tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+def _add_export_commands(sub: argparse._SubParsersAction) -> None:
+    exp = sub.add_parser("export", help="export to ONNX bundles, lint for TensorRT, validate layer parity")
+    exp_sub = exp.add_subparsers(dest="export_cmd", required=True)
+    p = exp_sub.add_parser("onnx", help="write an artifact bundle NAME.edgediff (atomically)")
+    p.add_argument("model", help="a folder written by 'edgediff quantize' (or an FP folder with --fp)")
+    p.add_argument("--out", required=True, help="bundle folder, e.g. w8a8.edgediff")
+    p.add_argument(
+        "--placement",
+        choices=["ort", "trt"],
+        default="ort",
+        help="ort: Q/DQ on inputs and outputs (ONNX Runtime fuses); trt: inputs only, symmetric int8",
+    )
+    p.add_argument("--device", default="x86-cpu", help="device profile (see 'edgediff devices list')")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps of the bundle (default 20)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: min(21, device max))")
+    p.add_argument(
+        "--residual",
+        choices=["custom", "standard"],
+        default="custom",
+        help="binary residuals as one edgediff node (with a function body) or as plain ops",
+    )
+    p.add_argument("--golden-samples", type=int, default=8, help="samples in the golden references")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fp", action="store_true", help="allow exporting a non-quantized (FP) model")
+    p.set_defaults(func=_cmd_export_onnx)
+    p = exp_sub.add_parser("lint", help="check an ONNX file against TensorRT and device-profile rules")
+    p.add_argument("model", help="an .onnx file")
+    p.add_argument("--device", required=True, help="device profile")
+    p.set_defaults(func=_cmd_export_lint)
+    p = exp_sub.add_parser("validate", help="parity level 1: SQNR of every quantized layer, PyTorch vs ONNX")
+    p.add_argument("model", help="the quantized folder the bundle was exported from")
+    p.add_argument("bundle", help="the bundle folder")
+    p.add_argument("--worst", type=int, default=10, help="print the worst N layers (default 10)")
+    p.add_argument("--max-steps", type=int, default=4, help="golden steps to compare (default 4)")
+    p.add_argument("--json", help="write all layers' SQNR here")
+    p.set_defaults(func=_cmd_export_validate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgediff",
@@ -42,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="cmd", required=True)
     add_train_commands(sub)
+    _add_export_commands(sub)
 
     dev = sub.add_parser("devices", help="device profiles (devices/*.toml)")
     dev_sub = dev.add_subparsers(dest="dev_cmd", required=True)

@@ -17,6 +17,13 @@ from typing import Any
 from edgediff_runtime.errors import RuntimeStageError
 
 
+def _umask_mode(mode: int) -> int:
+    """`mode` filtered by the process umask (mkstemp/mkdtemp create 0600/0700 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def _parent(out: Path) -> Path:
     parent = out.resolve().parent
     if not parent.is_dir():
@@ -33,6 +40,7 @@ def atomic_path(out: str | os.PathLike[str]) -> Iterator[Path]:
     parent = _parent(out)
     fd, name = tempfile.mkstemp(prefix=f".{out.name}.tmp-", suffix=out.suffix, dir=parent)
     os.close(fd)
+    os.chmod(name, _umask_mode(0o666))
     tmp = Path(name)
     try:
         yield tmp

@@ -1,0 +1,158 @@
+"""The ONNX export driver: `torch.onnx.export(dynamo=True)` with edgediff's translation table.
+
+`export_unet` takes an FP or quantized diffusers UNet, swaps the quantized layers for export
+modules (`modules.py`), exports `(sample, timestep[, step]) -> output` with a dynamic batch, and
+returns the `onnx.ModelProto` after the edgediff post-passes: model-local functions for the
+custom nodes (or `--residual standard` lowering), uint4/uint2 weight containers where the codes
+fit, and a full `onnx.checker` pass (DESIGN.md section 2; DEPLOY.md section 11).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from contextlib import redirect_stdout
+from dataclasses import dataclass, field
+
+import onnx
+import torch
+from torch import nn
+
+from edgediff.quant import quant_layers
+from edgediff_export.errors import ExportError
+from edgediff_export.modules import UNetExportWrapper, prepare_for_export
+from edgediff_export.torch_ops import TRANSLATION_TABLE
+
+log = logging.getLogger(__name__)
+
+RESIDUAL_MODES = ("custom", "standard")
+MIN_OPSET, MAX_DEFAULT_OPSET = 18, 21
+
+
+@dataclass
+class ExportResult:
+    model: onnx.ModelProto
+    input_names: list[str]
+    output_names: list[str]
+    step_input: str | None
+    quant_layers: list[str] = field(default_factory=list)
+    custom_ops: list[dict] = field(default_factory=list)
+    approximated: list[str] = field(default_factory=list)  # trt placement: layers requantized to int8
+
+
+def _has_per_step(model: nn.Module) -> bool:
+    for layer in quant_layers(model).values():
+        spec = layer.spec()
+        if spec.act is not None and spec.act.mode == "per_step":
+            return True
+    return False
+
+
+def check_opset(opset: int) -> int:
+    """Refuse an opset the installed onnx cannot produce (or too old for per-axis Q/DQ)."""
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ExportError(
+            f"opset {opset} cannot be produced: the installed onnx {onnx.__version__} supports "
+            f"{MIN_OPSET}..{newest} for edgediff exports; pass --opset in that range"
+        )
+    return opset
+
+
+def export_unet(
+    model: nn.Module,
+    sample_shape: tuple[int, int, int],
+    *,
+    placement: str = "ort",
+    residual: str = "custom",
+    opset: int = MAX_DEFAULT_OPSET,
+    batch: int = 2,
+    out_ranges: dict[str, tuple[float, float]] | None = None,
+    extra_inputs: dict[str, torch.Tensor] | None = None,
+) -> ExportResult:
+    """Export a diffusers UNet or DiT (FP or edgediff-quantized) to an in-memory ONNX model.
+
+    `extra_inputs` are example tensors of further model inputs with the batch on dim 0 (for example
+    `encoder_hidden_states` of a text-conditioned UNet, `class_labels` of a DiT); they become graph
+    inputs with a dynamic batch.
+    """
+    check_opset(opset)
+    if residual not in RESIDUAL_MODES:
+        raise ExportError(f"unknown residual mode {residual!r}: use one of {', '.join(RESIDUAL_MODES)}")
+    quantized = bool(quant_layers(model))
+    with_step = quantized and _has_per_step(model)
+    if quantized:
+        body, steps, names = prepare_for_export(model, placement, out_ranges)
+    else:
+        import copy
+
+        body, steps, names = copy.deepcopy(model).eval(), None, []
+    extra = dict(extra_inputs or {})
+    wrapper = UNetExportWrapper(body, steps, with_step, tuple(extra)).eval()
+    sample = torch.randn(batch, *sample_shape, generator=torch.Generator().manual_seed(0))
+    timestep = torch.full((batch,), 500, dtype=torch.int64)
+    args: tuple = (sample, timestep)
+    batch_dim = torch.export.Dim("batch", min=1, max=4096)
+    dynamic: tuple = ({0: batch_dim}, {0: batch_dim})
+    if with_step:
+        args = (*args, torch.tensor(0, dtype=torch.int64))
+        dynamic = (*dynamic, None)
+    for value in extra.values():
+        if value.shape[0] != batch:
+            shape = tuple(value.shape)
+            raise ExportError(f"extra export inputs need batch {batch} on dim 0, got shape {shape}")
+        args = (*args, value)
+        dynamic = (*dynamic, {0: batch_dim})
+    input_names = ["sample", "timestep", *(["step"] if with_step else []), *extra]
+    torch_onnx_log = logging.getLogger("torch.onnx")
+    level = torch_onnx_log.level
+    torch_onnx_log.setLevel(logging.ERROR)  # it warns about absent torchvision ops on every export
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(
+                wrapper,
+                args,
+                dynamo=True,
+                custom_translation_table=TRANSLATION_TABLE,
+                dynamic_shapes=dynamic,
+                opset_version=opset,
+                external_data=False,
+                input_names=input_names,
+                output_names=["model_output"],
+                verbose=False,
+            )
+        except Exception as exc:  # the exporter raises many types; report the first line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"torch.onnx.export failed: {first}") from exc
+        finally:
+            torch_onnx_log.setLevel(level)
+    proto = program.model_proto
+    custom_ops = _finish(proto, residual)
+    return ExportResult(
+        model=proto,
+        input_names=[i.name for i in proto.graph.input],
+        output_names=[o.name for o in proto.graph.output],
+        step_input="step" if with_step else None,
+        quant_layers=names,
+        custom_ops=custom_ops,
+        approximated=[n for n, m in body.named_modules() if getattr(m, "trt_approximate", False)],
+    )
+
+
+def _finish(proto: onnx.ModelProto, residual: str) -> list[dict]:
+    """Post-passes on the exported proto; returns the custom ops left in the graph."""
+    from edgediff_export import ops
+
+    custom = [n for n in proto.graph.node if n.domain == ops.EDGEDIFF_DOMAIN]
+    if custom:
+        ops.add_edgediff_functions(proto)
+        if residual == "standard":
+            ops.lower_residual_to_standard(proto)
+    proto.producer_name = "edgediff"
+    left = {n.op_type for n in proto.graph.node if n.domain == ops.EDGEDIFF_DOMAIN}
+    return [
+        {"name": name, "domain": ops.EDGEDIFF_DOMAIN, "plugin_namespace": "edgediff", "plugin_version": "1"}
+        for name in sorted(left)
+    ]

@@ -1,0 +1,114 @@
+"""Parity level 1 (`edgediff export validate`): per quantized layer, PyTorch vs ONNX Runtime.
+
+The layer outputs of the PyTorch fake-quant model are captured with forward hooks; in the ONNX
+graph the output of each layer is the last node of the module's name scope (the dynamo exporter
+records `pkg.torch.onnx.name_scopes` on every node). Both are computed on the golden inputs of
+the bundle (the latent before each recorded step). SQNR = 10 log10(sum y^2 / sum (y - y_onnx)^2).
+With the `ort` placement the ONNX layer output also carries the output Q/DQ that makes ONNX
+Runtime fuse, so its SQNR includes that uint8 rounding (about 48 dB for a well-used range).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from edgediff.models.loading import load_model
+from edgediff.quant import quant_layers
+from edgediff_export.errors import ExportError
+from edgediff_runtime.bundle import load_bundle, load_golden
+
+SCOPE_KEY = "pkg.torch.onnx.name_scopes"
+
+
+def layer_output_tensors(
+    model: onnx.ModelProto, layer_names: list[str], prefix: str = "unet."
+) -> dict[str, str]:
+    """Map each layer name to the ONNX tensor that is its output (last node in its scope)."""
+    wanted = {prefix + n: n for n in layer_names}
+    found: dict[str, str] = {}
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        if SCOPE_KEY not in meta:
+            continue
+        scopes = ast.literal_eval(meta[SCOPE_KEY])
+        for scope in scopes:
+            if scope in wanted:
+                found[wanted[scope]] = node.output[0]
+    return found
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    noise = float(((ref.astype(np.float64) - test) ** 2).sum())
+    signal = float((ref.astype(np.float64) ** 2).sum())
+    return math.inf if noise == 0.0 else 10.0 * math.log10(max(signal, 1e-30) / noise)
+
+
+def validate_layers(model_dir: str | Path, bundle_dir: str | Path, max_steps: int = 4) -> list[dict]:
+    """SQNR per quantized layer (worst first), averaged over up to `max_steps` golden steps."""
+    import onnxruntime as ort
+
+    loaded = load_model(model_dir)
+    if not loaded.quantized:
+        raise ExportError(f"{model_dir} is not a quantized folder; level-1 parity compares quantized layers")
+    bundle = load_bundle(bundle_dir, verify=True)
+    golden = load_golden(bundle)
+    proto = onnx.load(str(bundle.model_path))
+    layers = quant_layers(loaded.unet)
+    outputs = layer_output_tensors(proto, list(layers))
+    missing = sorted(set(layers) - set(outputs))
+    if missing:
+        raise ExportError(
+            f"cannot find {len(missing)} layer outputs in the graph (first: {missing[0]}); re-export"
+        )
+    existing = {o.name for o in proto.graph.output}
+    for name in dict.fromkeys(outputs.values()):
+        if name not in existing:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    spec = bundle.manifest.model
+    captured: dict[str, np.ndarray] = {}
+    hooks = [
+        layer.register_forward_hook(lambda _m, _a, out, n=name: captured.__setitem__(n, out.detach().numpy()))
+        for name, layer in layers.items()
+    ]
+    steps = np.linspace(0, golden.steps - 1, num=min(max_steps, golden.steps)).round().astype(int)
+    per_layer: dict[str, list[float]] = {n: [] for n in layers}
+    try:
+        for i in dict.fromkeys(int(s) for s in steps):
+            x = golden.noise if i == 0 else golden.latents[i - 1]
+            t = int(golden.timesteps[i])
+            batch = x.shape[0]
+            feeds = {
+                spec.sample_input: x.astype(np.float32),
+                spec.timestep_input: np.full((batch,), t, np.int64),
+            }
+            if spec.step_input:
+                feeds[spec.step_input] = np.array(i, dtype=np.int64)
+            names = list(dict.fromkeys(outputs.values()))
+            results = dict(zip(names, session.run(names, feeds)))
+            if loaded.set_step:
+                loaded.set_step(i)
+            with torch.no_grad():
+                loaded.unet(torch.from_numpy(x), torch.full((batch,), t, dtype=torch.long))
+            for name in layers:
+                per_layer[name].append(sqnr_db(captured[name], results[outputs[name]]))
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = [
+        {
+            "layer": n,
+            "sqnr_db": float(np.mean([v for v in vals if math.isfinite(v)] or [math.inf])),
+            "min_sqnr_db": float(min(vals)),
+        }
+        for n, vals in per_layer.items()
+    ]
+    return sorted(rows, key=lambda r: r["min_sqnr_db"])
