@@ -327,8 +327,18 @@ class UNetExportWrapper(nn.Module):
         self.with_step = with_step
         self.extra_names = extra_names
 
-    def forward(self, sample: Tensor, timestep: Tensor, *rest: Tensor) -> Tensor:
-        step, extra = (rest[0], rest[1:]) if self.with_step else (None, rest)
+    MAX_EXTRA = 3
+
+    def forward(
+        self,
+        sample: Tensor,
+        timestep: Tensor,
+        step: Tensor | None = None,
+        extra0: Tensor | None = None,
+        extra1: Tensor | None = None,
+        extra2: Tensor | None = None,
+    ) -> Tensor:
+        extra = (extra0, extra1, extra2)[: len(self.extra_names)]
         if self._steps is not None:
             self._steps.step = step
         try:

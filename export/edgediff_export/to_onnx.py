@@ -93,17 +93,20 @@ def export_unet(
     sample = torch.randn(batch, *sample_shape, generator=torch.Generator().manual_seed(0))
     timestep = torch.full((batch,), 500, dtype=torch.int64)
     args: tuple = (sample, timestep)
+    kwargs: dict[str, torch.Tensor] = {}
     batch_dim = torch.export.Dim("batch", min=1, max=4096)
-    dynamic: tuple = ({0: batch_dim}, {0: batch_dim})
+    dynamic: dict = {"sample": {0: batch_dim}, "timestep": {0: batch_dim}}
     if with_step:
-        args = (*args, torch.tensor(0, dtype=torch.int64))
-        dynamic = (*dynamic, None)
-    for value in extra.values():
+        kwargs["step"] = torch.tensor(0, dtype=torch.int64)
+        dynamic["step"] = None
+    if len(extra) > UNetExportWrapper.MAX_EXTRA:
+        raise ExportError(f"at most {UNetExportWrapper.MAX_EXTRA} extra model inputs can be exported")
+    for k, value in enumerate(extra.values()):
         if value.shape[0] != batch:
             shape = tuple(value.shape)
             raise ExportError(f"extra export inputs need batch {batch} on dim 0, got shape {shape}")
-        args = (*args, value)
-        dynamic = (*dynamic, {0: batch_dim})
+        kwargs[f"extra{k}"] = value
+        dynamic[f"extra{k}"] = {0: batch_dim}
     input_names = ["sample", "timestep", *(["step"] if with_step else []), *extra]
     torch_onnx_log = logging.getLogger("torch.onnx")
     level = torch_onnx_log.level
@@ -114,6 +117,7 @@ def export_unet(
             program = torch.onnx.export(
                 wrapper,
                 args,
+                kwargs=kwargs,
                 dynamo=True,
                 custom_translation_table=TRANSLATION_TABLE,
                 dynamic_shapes=dynamic,

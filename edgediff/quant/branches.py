@@ -1,0 +1,168 @@
+"""Optional parts of a quantized layer: smoothing, LoRA, binary residual, low-rank branch.
+
+All act on weights shaped like the wrapped layer's: (Cout, Cin) for linear and
+(Cout, Cin/groups, kh, kw) for conv.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgediff.errors import EdgediffError
+
+LORA_MODES = ("merged", "additive")
+
+
+class Smooth(nn.Module):
+    """Per-input-channel pre-scale δ: `X/δ`, `W·δ` (METHODS.md 1.2(2), 6.5).
+
+    Buffers: `delta` (Cin,) and `folded` (bool): once folded, the layer weight already holds
+    `W·δ` and only the input division remains.
+    """
+
+    def __init__(self, in_channels: int, groups: int = 1):
+        super().__init__()
+        self.groups = groups
+        self.register_buffer("delta", torch.ones(in_channels))
+        self.register_buffer("folded", torch.zeros((), dtype=torch.bool))
+
+    def scale_input(self, x: Tensor, channel_dim: int) -> Tensor:
+        """`X·diag(δ)^-1` with the channels on `channel_dim`."""
+        shape = [1] * x.dim()
+        shape[channel_dim] = -1
+        return x / self.delta.reshape(shape)
+
+    def weight_factor(self, weight: Tensor) -> Tensor:
+        """δ arranged like the weight's (Cout, Cin/groups) input axis, for grouped convs too."""
+        cout, cin_g = weight.shape[0], weight.shape[1]
+        d = self.delta.reshape(self.groups, 1, cin_g).expand(self.groups, cout // self.groups, cin_g)
+        return d.reshape(cout, cin_g, *([1] * (weight.dim() - 2)))
+
+    def scale_weight(self, weight: Tensor) -> Tensor:
+        """`W·diag(δ)` unless already folded into the weight."""
+        return torch.where(self.folded, weight, weight * self.weight_factor(weight))
+
+
+class LoRA(nn.Module):
+    """Low-rank adapter `ΔW = B·A` (METHODS.md 1.2(5), 6.6, 6.7).
+
+    Linear: `A` (r, Cin) Kaiming-uniform (a = √5), `B` (Cout, r) zeros. Conv k×k: `A`
+    (r, Cin/g, kh, kw), `B` (Cout, r, kh, kw), composed per kernel tap:
+    `ΔW[:, :, u, v] = B[:, :, u, v] · A[:, :, u, v]`. `mode="merged"` adds ΔW to the FP weight
+    before weight quantization (QALoRA); `mode="additive"` adds it after quantization (an FP
+    branch acting on the quantized input).
+    """
+
+    def __init__(self, weight_shape: tuple[int, ...], rank: int, mode: str = "merged"):
+        super().__init__()
+        if mode not in LORA_MODES:
+            raise EdgediffError(f"unknown LoRA mode {mode!r}: use merged or additive")
+        if rank < 1:
+            raise EdgediffError(f"LoRA rank must be >= 1, got {rank}")
+        cout, cin, *taps = weight_shape
+        self.mode = mode
+        self.rank = rank
+        self.A = nn.Parameter(torch.empty(rank, cin, *taps))
+        self.B = nn.Parameter(torch.zeros(cout, rank, *taps))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+
+    def delta(self) -> Tensor:
+        """The weight update ΔW, shaped like the layer weight."""
+        return lora_delta(self.A, self.B)
+
+
+def lora_delta(A: Tensor, B: Tensor) -> Tensor:
+    """`B·A` for linear factors, per-tap `B[:,:,u,v]·A[:,:,u,v]` for conv factors (METHODS.md 1.2(5))."""
+    if A.dim() == 2:
+        return B @ A
+    return torch.einsum("orhw,rihw->oihw", B, A)
+
+
+def sign_ste(r: Tensor) -> Tensor:
+    """±1 (0 maps to +1) with a straight-through gradient; forward value is exactly ±1."""
+    s = torch.where(r >= 0, torch.ones_like(r), -torch.ones_like(r))
+    return s + (r - r.detach())
+
+
+class BinaryResidual(nn.Module):
+    """1-bit residual on chosen output channels (METHODS.md 2.1 FZ-RMQ, 2.4).
+
+    `R = W̃ − Q_b(W̃)`, `Ŵ_c = Q_b(W̃_c) + α_c·sign(R_c)` for channels in `mask`; signs are
+    recomputed from the current weights (STE), `α` is learnable and initialised to `mean|R_c|`.
+    Buffers/params have full length Cout, so the state_dict shape does not depend on the set.
+    """
+
+    def __init__(self, out_channels: int):
+        super().__init__()
+        self.register_buffer("mask", torch.zeros(out_channels, dtype=torch.bool))
+        self.alpha = nn.Parameter(torch.zeros(out_channels))
+
+    def _view(self, v: Tensor, w: Tensor) -> Tensor:
+        return v.reshape(-1, *([1] * (w.dim() - 1)))
+
+    def forward(self, w_tilde: Tensor, w_q: Tensor) -> Tensor:
+        """Add `α_c·sign(W̃_c − Q(W̃_c))` to the quantized weight on the masked channels."""
+        a = self.alpha * self.mask.to(self.alpha.dtype)
+        return w_q + self._view(a, w_q) * sign_ste(w_tilde - w_q)
+
+    @torch.no_grad()
+    def init(self, w_tilde: Tensor, w_q: Tensor, channels: Tensor) -> None:
+        """Select `channels` and set `α_c = mean|R_c|` there (0 elsewhere)."""
+        self.mask.zero_()
+        self.mask[channels] = True
+        r = (w_tilde - w_q).abs().reshape(w_q.shape[0], -1).mean(dim=1)
+        self.alpha.copy_(torch.where(self.mask, r, torch.zeros_like(r)))
+
+    @torch.no_grad()
+    def signs(self, w_tilde: Tensor, w_q: Tensor) -> Tensor:
+        """int8 ±1 signs of the residual, all channels."""
+        return torch.where(w_tilde - w_q >= 0, 1, -1).to(torch.int8)
+
+
+class LowRankBranch(nn.Module):
+    """Rank-r FP branch on the quantized input: `Q(X)·Aᵀ·Bᵀ` (METHODS.md 3.2 TQE, 6.7).
+
+    `A` (r, Cin[, kh, kw]) Kaiming-uniform, `B` (Cout, r) zeros. With `frames` (linear only)
+    a learnable per-frame scale `M` (frames,), init 1, multiplies the branch output of the
+    tokens of each frame (tokens on dim -2, split into `frames` equal blocks). Rank 1 with `M`
+    is Q-VDiT's TQE; the released code's `(1 + M)` factor corresponds to `M = 2` at init.
+    """
+
+    def __init__(self, weight_shape: tuple[int, ...], rank: int, frames: int | None = None):
+        super().__init__()
+        if rank < 1:
+            raise EdgediffError(f"low-rank branch rank must be >= 1, got {rank}")
+        cout, cin, *taps = weight_shape
+        if frames is not None and taps:
+            raise EdgediffError("a per-frame scale M needs a linear layer; drop frames= for conv layers")
+        self.weight_shape = tuple(weight_shape)
+        self.A = nn.Parameter(torch.empty(rank, cin, *taps))
+        self.B = nn.Parameter(torch.zeros(cout, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.M = nn.Parameter(torch.ones(frames)) if frames else None
+
+    def weight(self) -> Tensor:
+        """The branch as a weight `B·A`, shaped like the layer weight (used when M is None)."""
+        return (self.B @ self.A.reshape(self.A.shape[0], -1)).reshape(self.weight_shape)
+
+    def forward(self, xq: Tensor) -> Tensor:
+        """Branch output for a linear input (..., N, Cin) with per-frame scaling by M."""
+        return lowrank_apply(xq, self.A, self.B, self.M)
+
+
+def lowrank_apply(xq: Tensor, A: Tensor, B: Tensor, M: Tensor | None) -> Tensor:
+    """`(Q(X)·Aᵀ)·Bᵀ`, frame block i of the tokens (dim -2) scaled by `M_i` (METHODS.md 3.2 Eq. 7-8)."""
+    y = F.linear(F.linear(xq, A), B)
+    if M is None:
+        return y
+    n, t = y.shape[-2], M.shape[0]
+    if n % t:
+        raise EdgediffError(
+            f"{n} tokens do not split into {t} frames; set LowRankSpec.frames to the frame count"
+        )
+    y = y.reshape(*y.shape[:-2], t, n // t, y.shape[-1]) * M.reshape(t, 1, 1)
+    return y.reshape(*y.shape[:-3], n, y.shape[-1])

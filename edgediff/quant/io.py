@@ -1,0 +1,165 @@
+"""Save and load a quantized diffusers model as one folder (DESIGN.md 2: one checkpoint).
+
+Folder contents (written atomically: a failure leaves nothing behind):
+`recipe.json`, `model.safetensors` (full state dict incl. quantizer buffers),
+`unet_config.json` (diffusers config with `_class_name`), `scheduler_config.json`,
+`edgediff_meta.json` (the caller's meta plus an `_edgediff` section: format, model class,
+per-step table size, dtype, library versions).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from edgediff.errors import EdgediffError
+from edgediff.quant.quantize import quantize_
+from edgediff.quant.quantizers import ActQuantizer
+from edgediff.quant.recipe import Recipe
+from edgediff.utils.atomic import atomic_dir
+
+FILES = (
+    "recipe.json",
+    "model.safetensors",
+    "unet_config.json",
+    "scheduler_config.json",
+    "edgediff_meta.json",
+)
+FORMAT = 1
+_RESERVED = "_edgediff"
+
+
+def _dumps(obj: Any, what: str) -> str:
+    try:
+        return json.dumps(obj, indent=2, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise EdgediffError(
+            f"{what} is not JSON-serializable ({exc}); pass plain str/int/float/list/dict values"
+        ) from exc
+
+
+def _table_size(model: nn.Module) -> int | None:
+    sizes = {m.num_steps for m in model.modules() if isinstance(m, ActQuantizer) and m.mode == "per_step"}
+    if len(sizes) > 1:
+        raise EdgediffError(
+            f"per-step tables of different sizes {sorted(sizes)}; quantize with one num_steps"
+        )
+    return sizes.pop() if sizes else None
+
+
+def _model_class(model: nn.Module) -> str:
+    name = type(model).__name__
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
+        raise EdgediffError(f"save_quantized needs a diffusers model (ModelMixin); got {name}")
+    return name
+
+
+def save_quantized(
+    model: nn.Module,
+    recipe: Recipe,
+    out: str | Path,
+    base_config: dict,
+    scheduler_config: dict,
+    meta: dict,
+) -> Path:
+    """Write the quantized `model` to folder `out` atomically; returns `out`."""
+    cls_name = _model_class(model)
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    unet_cfg = {**dict(base_config), "_class_name": dict(base_config).get("_class_name", cls_name)}
+    extra = {
+        "format": FORMAT,
+        "model_class": cls_name,
+        "num_steps": _table_size(model),
+        "dtype": str(weight.dtype).removeprefix("torch.") if weight is not None else "float32",
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+    }
+    texts = {
+        "recipe.json": recipe.to_json(),
+        "unet_config.json": _dumps(unet_cfg, "base_config"),
+        "scheduler_config.json": _dumps(dict(scheduler_config), "scheduler_config"),
+        "edgediff_meta.json": _dumps({**dict(meta), _RESERVED: extra}, "meta"),
+    }
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        for name, text in texts.items():
+            (tmp / name).write_text(text + "\n", encoding="utf-8")
+        save_model(model, str(tmp / "model.safetensors"))
+    return out
+
+
+def _read_json(path: Path, name: str) -> dict:
+    f = path / name
+    if not f.is_file():
+        raise EdgediffError(
+            f"missing {name} in {path}: not a complete quantized folder (write it with save_quantized)"
+        )
+    try:
+        d = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgediffError(f"corrupt {name} in {path} ({type(exc).__name__}); re-save the model") from exc
+    if not isinstance(d, dict):
+        raise EdgediffError(f"corrupt {name} in {path} (expected a JSON object); re-save the model")
+    return d
+
+
+def load_quantized(path: str | Path) -> tuple[nn.Module, Recipe, dict, dict]:
+    """Rebuild `(model, recipe, scheduler_config, meta)` from a `save_quantized` folder.
+
+    The model is built from `unet_config.json`, quantized with `recipe.json` (per-step tables
+    of the saved size), and loaded strictly from `model.safetensors`; outputs are bit-exact.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise EdgediffError(f"quantized model folder not found: {path} (write it with save_quantized)")
+    texts = {name: _read_json(path, name) for name in FILES if name.endswith(".json")}
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise EdgediffError(f"missing model.safetensors in {path}: not a complete quantized folder")
+    try:
+        recipe = Recipe.from_dict(texts["recipe.json"])
+    except EdgediffError as exc:
+        raise EdgediffError(f"invalid recipe.json in {path}: {exc}") from exc
+    unet_cfg = texts["unet_config.json"]
+    meta = dict(texts["edgediff_meta.json"])
+    extra = meta.pop(_RESERVED, None)
+    if not isinstance(extra, dict) or extra.get("format") != FORMAT:
+        raise EdgediffError(
+            f"edgediff_meta.json in {path} lacks a format-{FORMAT} '{_RESERVED}' section; re-save"
+        )
+    cls = getattr(diffusers, str(unet_cfg.get("_class_name")), None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.ModelMixin)):
+        raise EdgediffError(
+            f"unet_config.json in {path} names no diffusers model class ({unet_cfg.get('_class_name')!r})"
+        )
+    try:
+        model = cls.from_config({k: v for k, v in unet_cfg.items() if not k.startswith("_")})
+    except (TypeError, ValueError) as exc:
+        raise EdgediffError(f"unet_config.json in {path} does not build a {cls.__name__}: {exc}") from exc
+    dtype = getattr(torch, str(extra.get("dtype", "float32")), torch.float32)
+    if dtype != torch.float32:
+        model.to(dtype)
+    try:
+        quantize_(model, recipe, num_steps=extra.get("num_steps"))
+    except EdgediffError as exc:
+        raise EdgediffError(f"recipe.json in {path} does not fit unet_config.json: {exc}") from exc
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except Exception as exc:  # safetensors raises its own error type for corrupt headers
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise EdgediffError(f"corrupt model.safetensors in {path}: {first}") from exc
+    missing, unexpected = sorted(missing), sorted(unexpected)
+    if missing or unexpected:
+        raise EdgediffError(
+            f"model.safetensors in {path} does not match recipe.json (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); re-save the model"
+        )
+    model.eval()
+    return model, recipe, texts["scheduler_config.json"], meta

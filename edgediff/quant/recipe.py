@@ -1,0 +1,262 @@
+"""Recipes: which module gets which quantization (DESIGN.md section 2).
+
+A `Recipe` is an ordered tuple of `(pattern, LayerQuant | None)` rules. Patterns are
+fnmatch-style and are matched against a layer's module name and the names of its ancestors
+(so `down_blocks.1` covers every layer inside it); the first matching rule wins, `None` keeps
+the layer in floating point, and a layer that no rule matches stays FP. Recipes round-trip
+through JSON (`to_json` / `from_json`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from torch import nn
+
+from edgediff.errors import EdgediffError
+from edgediff.quant.quantizers import ACT_MODES as A_MODES
+from edgediff.quant.quantizers import W_GRANULARITIES
+from edgediff.quant.ranges import RANGE_METHODS as W_RANGES
+
+A_RANGES = ("lp", "minmax")
+RESIDUAL_SELECTIONS = ("kurtosis", "error")
+_BITS_RE = re.compile(r"^W(\d+)A(\d+)$", re.IGNORECASE)
+RECIPE_FORMAT = 1
+
+
+def _bits_ok(b: Any) -> bool:
+    return isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 8
+
+
+def _choice(value: str, options: tuple[str, ...], what: str) -> None:
+    if value not in options:
+        raise EdgediffError(f"unknown {what} {value!r}: use one of {', '.join(options)}")
+
+
+def parse_bits(setting: str) -> tuple[int, int | None]:
+    """`"W4A8"` -> `(4, 8)`; `A16`/`A32` mean no activation quantization -> `(4, None)`."""
+    m = _BITS_RE.match(str(setting).strip())
+    w, a = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    if not m or not 1 <= w <= 8 or not (1 <= a <= 8 or a in (16, 32)):
+        raise EdgediffError(f"unknown bit setting {setting!r}: use W<1-8>A<1-8|16>, e.g. W4A8")
+    return w, (None if a in (16, 32) else a)
+
+
+@dataclass(frozen=True)
+class ResidualSpec:
+    """Binary residual (METHODS.md 2.1) on `fraction` of the output channels, chosen by
+    `selection`: kurtosis of the (pre-scaled) weight rows, or the largest quantization error."""
+
+    fraction: float = 0.1
+    selection: str = "kurtosis"
+
+    def __post_init__(self):
+        if not 0.0 < self.fraction <= 1.0:
+            raise EdgediffError(
+                f"residual fraction {self.fraction} outside (0, 1]: e.g. 0.1 for 10% of channels"
+            )
+        _choice(self.selection, RESIDUAL_SELECTIONS, "residual selection")
+
+
+@dataclass(frozen=True)
+class LoRASpec:
+    """LoRA of rank `rank`: `merged` before weight quantization (QALoRA, METHODS.md 6.6) or
+    `additive` FP branch after it (METHODS.md 6.7)."""
+
+    rank: int = 32
+    mode: str = "merged"
+
+    def __post_init__(self):
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise EdgediffError(f"LoRA rank must be a positive int, got {self.rank!r}")
+        _choice(self.mode, ("merged", "additive"), "LoRA mode")
+
+
+@dataclass(frozen=True)
+class LowRankSpec:
+    """Low-rank FP branch on the quantized input (METHODS.md 3.2); `frames` adds a per-frame M."""
+
+    rank: int = 1
+    frames: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise EdgediffError(f"low-rank rank must be a positive int, got {self.rank!r}")
+        if self.frames is not None and (not isinstance(self.frames, int) or self.frames < 1):
+            raise EdgediffError(f"low-rank frames must be a positive int or None, got {self.frames!r}")
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    """How to quantize one layer. `w_bits`: int or one int per output channel (1..8).
+    `a_bits=None` keeps the input FP. `smooth` adds the per-input-channel pre-scale δ
+    (METHODS.md 1.2(2)); `a_range` is the activation range init (lp or minmax)."""
+
+    w_bits: int | tuple[int, ...]
+    w_granularity: str = "per_channel"
+    a_bits: int | None = 8
+    a_mode: str = "static"
+    w_range: str = "lp"
+    residual: ResidualSpec | None = None
+    lora: LoRASpec | None = None
+    lowrank: LowRankSpec | None = None
+    a_range: str = "lp"
+    smooth: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.w_bits, list):
+            object.__setattr__(self, "w_bits", tuple(self.w_bits))
+        bits = self.w_bits if isinstance(self.w_bits, tuple) else (self.w_bits,)
+        for b in bits:
+            if not _bits_ok(b):
+                raise EdgediffError(
+                    f"weight bits {b!r} outside 1..8: quantize with 1 to 8 bits (or keep the layer FP)"
+                )
+        if self.a_bits is not None and not _bits_ok(self.a_bits):
+            raise EdgediffError(
+                f"activation bits {self.a_bits!r} outside 1..8: "
+                "use 1 to 8, or None (A16) for no activation quant"
+            )
+        _choice(self.w_granularity, W_GRANULARITIES, "weight granularity")
+        _choice(self.a_mode, A_MODES, "activation mode")
+        _choice(self.w_range, W_RANGES, "weight range method")
+        _choice(self.a_range, A_RANGES, "activation range method")
+        if self.w_granularity == "per_tensor" and isinstance(self.w_bits, tuple):
+            raise EdgediffError("per-channel bit vectors need w_granularity='per_channel'")
+
+    @classmethod
+    def parse(cls, setting: str, **overrides: Any) -> LayerQuant:
+        """`LayerQuant.parse("W4A8", a_mode="per_step")`."""
+        w, a = parse_bits(setting)
+        return cls(w_bits=w, a_bits=a, **overrides)
+
+    @property
+    def label(self) -> str:
+        """Short label such as `W4A8` (`W4.0A8` style mean for bit vectors, `A16` = FP input)."""
+        if isinstance(self.w_bits, tuple):
+            w = f"{sum(self.w_bits) / len(self.w_bits):g}"
+        else:
+            w = str(self.w_bits)
+        return f"W{w}A{self.a_bits if self.a_bits is not None else 16}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if isinstance(self.w_bits, tuple):
+            d["w_bits"] = list(self.w_bits)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LayerQuant:
+        d = dict(d)
+        for key, sub in (("residual", ResidualSpec), ("lora", LoRASpec), ("lowrank", LowRankSpec)):
+            if d.get(key) is not None:
+                d[key] = sub(**d[key])
+        return cls(**d)
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """Pattern matches the module name or one of its ancestors' names."""
+    parts = name.split(".") if name else [""]
+    return any(fnmatch.fnmatchcase(".".join(parts[:k]), pattern) for k in range(len(parts), 0, -1))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Ordered `(pattern, LayerQuant | None)` rules; first match wins; unmatched layers stay FP."""
+
+    rules: tuple[tuple[str, LayerQuant | None], ...]
+    name: str = "custom"
+
+    def __post_init__(self):
+        rules = tuple((str(p), q) for p, q in self.rules)
+        for p, q in rules:
+            if q is not None and not isinstance(q, LayerQuant):
+                raise EdgediffError(
+                    f"recipe rule {p!r} must map to a LayerQuant or None, got {type(q).__name__}"
+                )
+        object.__setattr__(self, "rules", rules)
+
+    def match(self, name: str) -> tuple[bool, LayerQuant | None]:
+        """`(matched, LayerQuant | None)` of the first rule matching `name`."""
+        for pattern, q in self.rules:
+            if _matches(name, pattern):
+                return True, q
+        return False, None
+
+    def validate(self, model: nn.Module) -> None:
+        """Every rule pattern must match at least one module name of `model`."""
+        names = [n for n, _ in model.named_modules()]
+        for pattern, _q in self.rules:
+            if not any(fnmatch.fnmatchcase(n, pattern) for n in names):
+                raise EdgediffError(
+                    f"recipe rule {pattern!r} matches no module of {type(model).__name__}; "
+                    "check the pattern against model.named_modules()"
+                )
+
+    def with_name(self, name: str) -> Recipe:
+        return replace(self, name=name)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": RECIPE_FORMAT,
+            "name": self.name,
+            "rules": [{"pattern": p, "quant": None if q is None else q.to_dict()} for p, q in self.rules],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        try:
+            rules = tuple(
+                (r["pattern"], None if r["quant"] is None else LayerQuant.from_dict(r["quant"]))
+                for r in d["rules"]
+            )
+            return cls(rules=rules, name=d.get("name", "custom"))
+        except (KeyError, TypeError) as exc:
+            raise EdgediffError(
+                f"malformed recipe ({type(exc).__name__}: {exc}); write it with Recipe.to_json"
+            ) from exc
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise EdgediffError(f"recipe is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        if not isinstance(d, dict):
+            raise EdgediffError("recipe JSON must be an object with 'rules'; write it with Recipe.to_json")
+        return cls.from_dict(d)
+
+
+_FIRST = ("conv_in", "pos_embed.proj", "patch_embed.proj")
+_LAST = ("conv_out", "proj_out", "proj_out_1", "proj_out_2")
+_TIME_EMBEDDERS = ("TimestepEmbedding",)
+
+
+def _layers(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def default_recipe(bits: str, model: nn.Module, **overrides: Any) -> Recipe:
+    """W8A8 for the time-embedding linears, the first and the last layer; `bits` everywhere else.
+
+    First/last are found by name (`conv_in`/`pos_embed.proj`, `conv_out`/`proj_out*`), falling
+    back to the first/last Linear/Conv2d of `model.named_modules()`. `overrides` go into the
+    main `LayerQuant` (e.g. `a_mode="per_step"`); the W8A8 layers keep a static input quantizer.
+    """
+    main = LayerQuant.parse(bits, **overrides)
+    edge = LayerQuant(w_bits=8, a_bits=8, w_range=main.w_range, a_range=main.a_range)
+    layers = _layers(model)
+    modules = dict(model.named_modules())
+    keep = [n for n, m in modules.items() if type(m).__name__ in _TIME_EMBEDDERS]
+    first = [n for n in _FIRST if n in layers] or layers[:1]
+    last = [n for n in _LAST if n in layers] or layers[-1:]
+    rules = [(n, edge) for n in dict.fromkeys(keep + first + last)]
+    rules.append(("*", main))
+    return Recipe(rules=tuple(rules), name=f"default-{bits.upper()}")
