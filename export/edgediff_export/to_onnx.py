@@ -78,6 +78,9 @@ def export_unet(
     inputs with a dynamic batch.
     """
     check_opset(opset)
+    from edgediff_export.ops import register_edgediff_schemas
+
+    register_edgediff_schemas()  # onnxscript needs the edgediff op schemas to build the custom nodes
     if residual not in RESIDUAL_MODES:
         raise ExportError(f"unknown residual mode {residual!r}: use one of {', '.join(RESIDUAL_MODES)}")
     quantized = bool(quant_layers(model))
