@@ -19,6 +19,11 @@ def _umask_mode(mode: int) -> int:
     return mode & ~umask
 
 
+def check_writable(out: Path) -> Path:
+    """Fail early (before long work) when `out`'s folder cannot be created or written."""
+    return _check_parent(Path(out))
+
+
 def _check_parent(out: Path) -> Path:
     parent = out.resolve().parent
     try:

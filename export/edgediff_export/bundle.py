@@ -27,11 +27,11 @@ import onnx
 from edgediff import __version__
 from edgediff.models.loading import LoadedModel, is_quantized_folder, load_model
 from edgediff.reference.model import resolve_model_path
-from edgediff.utils.atomic import atomic_dir
+from edgediff.utils.atomic import atomic_dir, check_writable
 from edgediff_export.errors import ExportError
 from edgediff_export.golden import layer_output_ranges, record_golden
 from edgediff_export.modules import PLACEMENTS
-from edgediff_export.to_onnx import MAX_DEFAULT_OPSET, ExportResult, export_unet
+from edgediff_export.to_onnx import MAX_DEFAULT_OPSET, ExportResult, check_opset, export_unet
 from edgediff_runtime.bundle import (
     CustomOp,
     Manifest,
@@ -125,10 +125,9 @@ def precision_table(model: onnx.ModelProto) -> dict[str, str]:
     return table
 
 
-def check_device_fit(
-    profile: DeviceProfile, onnx_bytes: int, opset: int, quantized: bool, placement: str
-) -> None:
-    """Refuse a bundle the device profile cannot run (DESIGN.md section 5)."""
+def check_device_fit(profile: DeviceProfile, opset: int, quantized: bool, placement: str) -> None:
+    """Refuse what the device profile cannot run before any work is done (DESIGN.md section 5)."""
+    check_opset(opset)
     if opset > profile.max_opset:
         raise ExportError(
             f"opset {opset} exceeds what {profile.name} accepts ({profile.max_opset}); "
@@ -139,16 +138,17 @@ def check_device_fit(
             f"--placement trt needs a TensorRT device, but {profile.name} has none; use --placement ort"
         )
     if quantized and "int8" not in profile.precisions:
-        raise ExportError(
-            f"{profile.name} has no int8 support ({', '.join(profile.precisions)}); export the FP model"
-        )
-    # Weights + a conservative 3x for activations, runtime buffers and the engine workspace.
+        precisions = ", ".join(profile.precisions)
+        raise ExportError(f"{profile.name} has no int8 support ({precisions}); export the FP model")
+
+
+def check_memory_fit(profile: DeviceProfile, onnx_bytes: int) -> None:
+    """Weights + a conservative 3x for activations, runtime buffers and the engine workspace."""
     need_gb = 3 * onnx_bytes / 2**30 + 0.25
     if need_gb > profile.model_memory_gb:
         raise ExportError(
             f"model needs about {need_gb:.2f} GB but {profile.name} leaves {profile.model_memory_gb} GB "
-            "for a model; "
-            "quantize to fewer bits or pick a larger device"
+            "for a model; quantize to fewer bits or pick a larger device"
         )
 
 
@@ -232,8 +232,12 @@ def export_bundle(
             f"{path} is not a quantized folder (no recipe.json); quantize it with 'edgediff quantize' "
             "or pass --fp to export the FP model"
         )
+    check_device_fit(profile, opset, is_quantized_folder(path), opts.placement)
+    check_writable(out)
     t0 = time.perf_counter()
     loaded: LoadedModel = load_model(model)
+    weight_bytes = sum(p.numel() for p in loaded.unet.parameters()) * (1 if loaded.quantized else 4)
+    check_memory_fit(profile, weight_bytes)
     unet = loaded.unet.eval()
     cfg = unet.config
     shape = (int(cfg.in_channels), int(cfg.sample_size), int(cfg.sample_size))
@@ -269,7 +273,7 @@ def export_bundle(
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported graph fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
-    check_device_fit(profile, proto.ByteSize(), opset, loaded.quantized, opts.placement)
+    check_memory_fit(profile, proto.ByteSize())
     with atomic_dir(out) as tmp:
         from edgediff_export.passes.external_data import save_model
 

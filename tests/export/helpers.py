@@ -29,7 +29,9 @@ def tiny_unet(seed: int = 0) -> UNet2DModel:
     return UNet2DModel(**TINY_UNET).eval()
 
 
-def random_calibration(n: int = 8, num_steps: int = 4, shape=SHAPE, cond: dict | None = None) -> CalibrationData:
+def random_calibration(
+    n: int = 8, num_steps: int = 4, shape=SHAPE, cond: dict | None = None
+) -> CalibrationData:
     g = torch.Generator().manual_seed(0)
     return CalibrationData(
         x=torch.randn(n, *shape, generator=g),
@@ -40,8 +42,14 @@ def random_calibration(n: int = 8, num_steps: int = 4, shape=SHAPE, cond: dict |
     )
 
 
-def quantized(model, bits: str = "W8A8", a_mode: str = "static", num_steps: int = 4, residual: bool = False,
-              calib: CalibrationData | None = None):
+def quantized(
+    model,
+    bits: str = "W8A8",
+    a_mode: str = "static",
+    num_steps: int = 4,
+    residual: bool = False,
+    calib: CalibrationData | None = None,
+):
     q = copy.deepcopy(model)
     if residual:
         main = LayerQuant.parse(bits, a_mode=a_mode, residual=ResidualSpec(fraction=0.25))

@@ -17,10 +17,14 @@ def run_onnx(model: onnx.ModelProto, feeds: dict) -> np.ndarray:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return session.run(None, {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in feeds.items()})[0]
+    return session.run(None, {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in feeds.items()})[
+        0
+    ]
 
 
-def close_to_fake_quant(out: np.ndarray, ref: np.ndarray, max_rel: float = 0.05, mean_rel: float = 0.01) -> bool:
+def close_to_fake_quant(
+    out: np.ndarray, ref: np.ndarray, max_rel: float = 0.05, mean_rel: float = 0.01
+) -> bool:
     """ONNX vs PyTorch fake-quant: equal up to codes flipped by rounding ties, which propagate
     through later layers; a few outputs move by up to a few LSBs, the bulk stays put."""
     err = np.abs(out - ref)

@@ -1,0 +1,115 @@
+"""`edgediff export onnx`: bundles that the runtime verifies and replays, and bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgediff.methods import quantize_model
+from edgediff.reference.model import build_scheduler, save_pipeline
+from edgediff_export.bundle import ExportOptions, export_bundle
+from edgediff_export.cli import main as edgediff_main
+from edgediff_export.errors import ExportError
+from edgediff_runtime.backends import open_backend
+from edgediff_runtime.bundle import load_bundle
+from edgediff_runtime.parity import run_parity
+from tests.export.helpers import tiny_unet
+
+STEPS = 4
+OPTS = ExportOptions(steps=STEPS, golden_samples=4)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    save_pipeline(tiny_unet(), build_scheduler(), root / "fp")
+    quantize_model(root / "fp", "ptq", "W8A8", root / "q", num_steps=STEPS, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def w8a8_bundle(folders):
+    return export_bundle(folders / "q", folders / "w8a8.edgediff", OPTS, progress=False)
+
+
+def test_quantized_bundle_verifies_and_passes_its_derived_parity(w8a8_bundle):
+    bundle = load_bundle(w8a8_bundle, verify=True)
+    manifest = bundle.manifest
+    assert {"model.onnx", "reference/golden.npz"} <= set(manifest.files)
+    assert manifest.sampler.steps == STEPS and manifest.sampler.prediction_type == "v_prediction"
+    assert manifest.quant.recipe["bits"] == "W8A8" and manifest.quant.precision
+    assert "derived at export" in manifest.parity.tolerance_source
+    measured = manifest.parity.report["level2"]["latent_max_abs"]
+    assert manifest.parity.tolerances["latent_max_abs"] == pytest.approx(max(1e-5, 4 * measured))
+    report = run_parity(bundle, open_backend("ort", bundle.model_path))
+    assert report["passed"] and report["level3"] is not None
+
+
+def test_fp_bundle_latents_match_pytorch_within_1e4(folders):
+    out = export_bundle(
+        folders / "fp",
+        folders / "fp.edgediff",
+        ExportOptions(steps=STEPS, golden_samples=4, allow_fp=True),
+        progress=False,
+    )
+    bundle = load_bundle(out)
+    report = run_parity(bundle, open_backend("ort", bundle.model_path))
+    assert report["level2"]["latent_max_abs"] < 1e-4
+    assert all(step["max_abs"] < 1e-4 for step in report["level2"]["per_step"])
+
+
+def test_non_quantized_folder_needs_fp_flag(folders):
+    out = folders / "nope.edgediff"
+    with pytest.raises(ExportError, match="not a quantized folder"):
+        export_bundle(folders / "fp", out, OPTS)
+    assert not out.exists()
+
+
+def test_corrupt_safetensors_fails_cleanly(folders, tmp_path):
+    bad = tmp_path / "q-corrupt"
+    shutil.copytree(folders / "q", bad)
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception, match="model.safetensors") as exc:
+        export_bundle(bad, tmp_path / "b.edgediff", OPTS)
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "b.edgediff").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.edgediff")]
+
+
+def test_unwritable_output_path(folders, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(Exception, match="cannot create output folder|not writable"):
+        export_bundle(folders / "q", blocker / "b.edgediff", OPTS)
+
+
+def test_opset_and_device_checks(folders, tmp_path):
+    with pytest.raises(ExportError, match="opset 99"):
+        export_bundle(folders / "q", tmp_path / "a.edgediff", ExportOptions(steps=STEPS, opset=99))
+    with pytest.raises(ExportError, match="needs a TensorRT device"):
+        export_bundle(folders / "q", tmp_path / "b.edgediff", ExportOptions(steps=STEPS, placement="trt"))
+    tiny = tmp_path / "tiny-device.toml"
+    profile = shutil.os.path.dirname(__file__) + "/../../devices/x86-cpu.toml"
+    text = open(profile).read().replace('name = "x86-cpu"', 'name = "tiny-device"')
+    text = "\n".join(
+        "model_memory_gb = 0.0001" if line.startswith("model_memory_gb") else line
+        for line in text.splitlines()
+    )
+    tiny.write_text(text + "\n")
+    with pytest.raises(ExportError, match="tiny-device leaves"):
+        export_bundle(folders / "q", tmp_path / "c.edgediff", ExportOptions(steps=STEPS, device=str(tiny)))
+    assert not any(p.suffix == ".edgediff" for p in tmp_path.iterdir())
+
+
+def test_cli_one_line_error_for_missing_model(tmp_path, capsys):
+    code = edgediff_main(["export", "onnx", str(tmp_path / "missing"), "--out", str(tmp_path / "x.edgediff")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "missing" in err[0]
+
+
+def test_golden_file_holds_every_step(w8a8_bundle):
+    golden = np.load(w8a8_bundle / "reference" / "golden.npz")
+    assert golden["latents"].shape[0] == STEPS and golden["noise"].shape == golden["final"].shape
+    manifest = json.loads((w8a8_bundle / "manifest.json").read_text())
+    assert manifest["device"]["name"] == "x86-cpu"
