@@ -32,7 +32,9 @@ class ReferenceTrainConfig:
     checkpoint_every: int = 200
 
 
-def train_reference(out: Path, cfg: ReferenceTrainConfig = ReferenceTrainConfig(), progress: bool = True) -> Path:
+def train_reference(
+    out: Path, cfg: ReferenceTrainConfig = ReferenceTrainConfig(), progress: bool = True
+) -> Path:
     """Train, save a `DDPMPipeline` folder with the EMA weights to `out`, return `out`."""
     seed_everything(cfg.seed)
     images, _ = load_digits16()
