@@ -1,4 +1,4 @@
-"""Train-stage commands of the `edgediff` CLI: reference, eval, demo, quantize.
+"""Train-stage commands of the `edgediff` CLI: reference, eval, quantize.
 
 The console script `edgediff` is assembled in `edgediff_export.cli` (the full toolchain), which
 may import every stage; this module registers only what the train stage owns, so that
@@ -17,7 +17,9 @@ from edgediff.errors import EdgediffError
 log = logging.getLogger("edgediff")
 
 
-def _positive(kind: str):
+def positive_int(kind: str):
+    """argparse type: an integer >= 1, with a one-line error naming the option."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -60,15 +62,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from edgediff.demo import run_demo
-
-    report = run_demo(Path(args.out), samples=args.samples, steps=args.steps)
-    print(json.dumps(report["summary"], indent=2))
-    print(f"demo report: {args.out}/report.json, samples: {args.out}/samples.png")
-    return 0
-
-
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from edgediff.methods import quantize_model
 
@@ -92,7 +85,9 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     ref_sub = ref.add_subparsers(dest="ref_cmd", required=True)
     p = ref_sub.add_parser("train", help="train the reference diffusion model from scratch (seeded)")
     p.add_argument("--out", required=True, help="output folder (a diffusers DDPMPipeline folder)")
-    p.add_argument("--steps", type=_positive("--steps"), default=2400, help="optimiser steps (default 2400)")
+    p.add_argument(
+        "--steps", type=positive_int("--steps"), default=2400, help="optimiser steps (default 2400)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_reference_train)
     p = ref_sub.add_parser("train-classifier", help="train the metric network (TinyCNN, about a minute)")
@@ -102,8 +97,8 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="sample a model and score it (FD, confidence, paired fidelity)")
     p.add_argument("--model", required=True, help="'reference', a diffusers folder or a quantized folder")
-    p.add_argument("--samples", type=_positive("--samples"), default=1000)
-    p.add_argument("--steps", type=_positive("--steps"), default=50, help="DDIM steps")
+    p.add_argument("--samples", type=positive_int("--samples"), default=1000)
+    p.add_argument("--steps", type=positive_int("--steps"), default=50, help="DDIM steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the report here")
     p.add_argument("--grid", help="write a sample grid PNG here (default: next to --json)")
@@ -117,24 +112,18 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument(
         "--steps",
-        type=_positive("--steps"),
+        type=positive_int("--steps"),
         default=50,
         help="sampler steps the model is calibrated / fine-tuned for (per-step tables)",
     )
     p.add_argument(
         "--updates",
-        type=_positive("--updates"),
+        type=positive_int("--updates"),
         default=None,
         help="fine-tuning updates for efficientdm (default 1000)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_quantize)
-
-    p = sub.add_parser("demo", help="the end-to-end demo on the bundled reference model")
-    p.add_argument("--out", default="demo-out")
-    p.add_argument("--samples", type=_positive("--samples"), default=500)
-    p.add_argument("--steps", type=_positive("--steps"), default=20)
-    p.set_defaults(func=_cmd_demo)
 
 
 def run_command(args: argparse.Namespace, handled: tuple[type[BaseException], ...] = ()) -> int:

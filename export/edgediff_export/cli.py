@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from edgediff import __version__
-from edgediff.cli import add_train_commands, run_command
+from edgediff.cli import add_train_commands, positive_int, run_command
 from edgediff_runtime.errors import RuntimeStageError
 
 
@@ -92,7 +92,26 @@ def _cmd_export_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import json
+
+    from edgediff_export.demo import run_demo
+
+    report = run_demo(Path(args.out), samples=args.samples, steps=args.steps)
+    print(json.dumps(report["summary"], indent=2))
+    print(
+        f"demo report: {args.out}/report.json; grids: {args.out}/samples.png, {args.out}/runtime_samples.png"
+    )
+    return 0 if report["summary"]["parity"] == "PASS" else 1
+
+
 def _add_export_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="end to end on the bundled model: quantize, export, run, check parity")
+    p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
+    p.add_argument("--samples", type=positive_int("--samples"), default=500, help="samples per evaluation")
+    p.add_argument("--steps", type=positive_int("--steps"), default=20, help="DDIM steps")
+    p.set_defaults(func=_cmd_demo)
+
     exp = sub.add_parser("export", help="export to ONNX bundles, lint for TensorRT, validate layer parity")
     exp_sub = exp.add_subparsers(dest="export_cmd", required=True)
     p = exp_sub.add_parser("onnx", help="write an artifact bundle NAME.edgediff (atomically)")
