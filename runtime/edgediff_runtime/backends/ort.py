@@ -70,6 +70,8 @@ class OrtBackend:
         if optimization not in OPT_LEVELS:
             raise RuntimeStageError(f"graph optimisation level '{optimization}' is unknown; use {OPT_LEVELS}")
         opts = ort.SessionOptions()
+        # 4-bit weights fuse to MatMulNBits, exact only at accuracy level 0 (DEPLOY.md 11).
+        opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
         if threads is not None:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
