@@ -49,8 +49,40 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     return math.inf if noise == 0.0 else 10.0 * math.log10(max(signal, 1e-30) / noise)
 
 
-def validate_layers(model_dir: str | Path, bundle_dir: str | Path, max_steps: int = 4) -> list[dict]:
-    """SQNR per quantized layer (worst first), averaged over up to `max_steps` golden steps."""
+def _export_twin(loaded, bundle) -> torch.nn.Module:
+    """The export-module model: the same lowering (placement, output Q/DQ ranges) as the bundle."""
+    from edgediff_export.golden import layer_output_ranges
+    from edgediff_export.modules import prepare_for_export
+
+    recipe = bundle.manifest.quant.recipe
+    placement = recipe.get("placement", "ort")
+    shape = tuple(bundle.manifest.model.sample_shape)
+    ranges = None
+    if placement == "ort":  # recomputed exactly as at export (same seeds and trajectories)
+        ranges = layer_output_ranges(
+            loaded.unet,
+            loaded.scheduler_config,
+            shape,
+            bundle.manifest.sampler.steps,
+            set_step=loaded.set_step,
+        )
+    twin, steps, _ = prepare_for_export(loaded.unet, placement, ranges)
+    twin.step_holder = steps
+    return twin
+
+
+def validate_layers(
+    model_dir: str | Path, bundle_dir: str | Path, max_steps: int = 4, ort_optimize: bool = True
+) -> list[dict]:
+    """SQNR per quantized layer (worst first) over up to `max_steps` golden steps, two ways.
+
+    * `sqnr_db` / `min_sqnr_db`: ONNX Runtime vs the export modules run in PyTorch (the same
+      lowering, placement included): checks that the ONNX graph computes what was meant; only
+      rounding ties flipped by float-order differences (and their downstream effect) remain.
+    * `vs_fake_quant_db`: ONNX Runtime vs the fake-quant training model: adds what the placement
+      itself changes (the `ort` placement's output Q/DQ that makes ONNX Runtime fuse).
+    Both compare full-model runs on the golden inputs, so upstream differences propagate.
+    """
     import onnxruntime as ort
 
     loaded = load_model(model_dir)
@@ -60,6 +92,8 @@ def validate_layers(model_dir: str | Path, bundle_dir: str | Path, max_steps: in
     golden = load_golden(bundle)
     proto = onnx.load(str(bundle.model_path))
     layers = quant_layers(loaded.unet)
+    twin = _export_twin(loaded, bundle)
+    twin_layers = {n: twin.get_submodule(n) for n in layers}
     outputs = layer_output_tensors(proto, list(layers))
     missing = sorted(set(layers) - set(outputs))
     if missing:
@@ -72,15 +106,24 @@ def validate_layers(model_dir: str | Path, bundle_dir: str | Path, max_steps: in
             proto.graph.output.append(onnx.ValueInfoProto(name=name))
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    if not ort_optimize:  # plain Q/DQ emulation: separates the lowering from fused-kernel arithmetic
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     spec = bundle.manifest.model
     captured: dict[str, np.ndarray] = {}
+    captured_twin: dict[str, np.ndarray] = {}
     hooks = [
         layer.register_forward_hook(lambda _m, _a, out, n=name: captured.__setitem__(n, out.detach().numpy()))
         for name, layer in layers.items()
+    ] + [
+        layer.register_forward_hook(
+            lambda _m, _a, out, n=name: captured_twin.__setitem__(n, out.detach().numpy())
+        )
+        for name, layer in twin_layers.items()
     ]
     steps = np.linspace(0, golden.steps - 1, num=min(max_steps, golden.steps)).round().astype(int)
     per_layer: dict[str, list[float]] = {n: [] for n in layers}
+    vs_fq: dict[str, list[float]] = {n: [] for n in layers}
     try:
         for i in dict.fromkeys(int(s) for s in steps):
             x = golden.noise if i == 0 else golden.latents[i - 1]
@@ -96,18 +139,29 @@ def validate_layers(model_dir: str | Path, bundle_dir: str | Path, max_steps: in
             results = dict(zip(names, session.run(names, feeds)))
             if loaded.set_step:
                 loaded.set_step(i)
+            xt, tt = torch.from_numpy(x), torch.full((batch,), t, dtype=torch.long)
             with torch.no_grad():
-                loaded.unet(torch.from_numpy(x), torch.full((batch,), t, dtype=torch.long))
+                loaded.unet(xt, tt)
+                twin.step_holder.step = torch.tensor(i)
+                twin(xt, tt)
+                twin.step_holder.step = None
             for name in layers:
-                per_layer[name].append(sqnr_db(captured[name], results[outputs[name]]))
+                per_layer[name].append(sqnr_db(captured_twin[name], results[outputs[name]]))
+                vs_fq[name].append(sqnr_db(captured[name], results[outputs[name]]))
     finally:
         for h in hooks:
             h.remove()
+
+    def mean(vals: list[float]) -> float:
+        finite = [v for v in vals if math.isfinite(v)]
+        return float(np.mean(finite)) if finite else math.inf
+
     rows = [
         {
             "layer": n,
-            "sqnr_db": float(np.mean([v for v in vals if math.isfinite(v)] or [math.inf])),
+            "sqnr_db": mean(vals),
             "min_sqnr_db": float(min(vals)),
+            "vs_fake_quant_db": mean(vs_fq[n]),
         }
         for n, vals in per_layer.items()
     ]
