@@ -113,3 +113,15 @@ def test_golden_file_holds_every_step(w8a8_bundle):
     assert golden["latents"].shape[0] == STEPS and golden["noise"].shape == golden["final"].shape
     manifest = json.loads((w8a8_bundle / "manifest.json").read_text())
     assert manifest["device"]["name"] == "x86-cpu"
+
+
+def test_validate_reports_every_quantized_layer(folders, w8a8_bundle):
+    from edgediff.models.loading import load_model
+    from edgediff.quant import quant_layers
+    from edgediff_export.validate import validate_layers
+
+    rows = validate_layers(folders / "q", w8a8_bundle, max_steps=2, ort_optimize=False)
+    assert {r["layer"] for r in rows} == set(quant_layers(load_model(folders / "q").unet))
+    assert rows == sorted(rows, key=lambda r: r["min_sqnr_db"])
+    # Unfused Q/DQ emulation vs the same lowering in PyTorch: only rounding ties differ.
+    assert rows[0]["min_sqnr_db"] > 30.0

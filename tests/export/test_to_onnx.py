@@ -141,3 +141,22 @@ def test_dit_exports_with_class_labels():
 def test_opset_the_installed_onnx_cannot_produce():
     with pytest.raises(ExportError, match="opset 99 cannot be produced"):
         check_opset(99)
+
+
+def test_ddpm_cifar10_architecture_exports_and_runs():
+    from diffusers import UNet2DModel
+
+    from tests.edgediff.quant.models import CIFAR10_CONFIG
+    from tests.export.helpers import random_calibration
+
+    torch.manual_seed(0)
+    model = UNet2DModel(**CIFAR10_CONFIG).eval()
+    assert sum(p.numel() for p in model.parameters()) > 35e6
+    q = quantized(model, "W8A8", calib=random_calibration(n=2, num_steps=1, shape=(3, 32, 32)))
+    result = export_unet(q, (3, 32, 32), batch=1)
+    x, t = inputs(1, (3, 32, 32))
+    with torch.no_grad():
+        ref = q(x, t).sample.numpy()
+    out = run_onnx(result.model, {"sample": x, "timestep": t})
+    assert out.shape == ref.shape and np.isfinite(out).all()
+    assert close_to_fake_quant(out, ref, max_rel=0.1, mean_rel=0.05)
