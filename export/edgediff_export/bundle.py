@@ -31,7 +31,13 @@ from edgediff.utils.atomic import atomic_dir, check_writable
 from edgediff_export.errors import ExportError
 from edgediff_export.golden import layer_output_ranges, record_golden
 from edgediff_export.modules import PLACEMENTS
-from edgediff_export.to_onnx import MAX_DEFAULT_OPSET, ExportResult, check_opset, export_unet
+from edgediff_export.to_onnx import (
+    LAYER_OUTPUTS_FILE,
+    MAX_DEFAULT_OPSET,
+    ExportResult,
+    check_opset,
+    export_unet,
+)
 from edgediff_runtime.bundle import (
     CustomOp,
     Manifest,
@@ -163,6 +169,11 @@ def _finish_weights(
     from edgediff_export.passes.containers import narrow_weight_containers
 
     containers = narrow_weight_containers(proto, max_opset=profile.max_opset)
+    # The exporter records value_info for initializers too; drop the stale (pre-narrowing) types.
+    narrowed = set(containers) | {i.name for i in proto.graph.initializer}
+    keep = [v for v in proto.graph.value_info if v.name not in narrowed]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(keep)
     return proto, containers
 
 
@@ -278,6 +289,8 @@ def export_bundle(
         from edgediff_export.passes.external_data import save_model
 
         save_model(proto, tmp / "model.onnx")
+        (tmp / "reference").mkdir(exist_ok=True)
+        (tmp / LAYER_OUTPUTS_FILE).write_text(json.dumps(result.layer_outputs, indent=1) + "\n")
         save_golden(
             tmp,
             noise=golden.noise,

@@ -9,6 +9,7 @@ fit, and a full `onnx.checker` pass (DESIGN.md section 2; DEPLOY.md section 11).
 
 from __future__ import annotations
 
+import ast
 import io
 import logging
 import warnings
@@ -27,6 +28,8 @@ from edgediff_export.torch_ops import TRANSLATION_TABLE
 log = logging.getLogger(__name__)
 
 RESIDUAL_MODES = ("custom", "standard")
+SCOPE_KEY = "pkg.torch.onnx.name_scopes"
+LAYER_OUTPUTS_FILE = "reference/layer_outputs.json"
 MIN_OPSET, MAX_DEFAULT_OPSET = 18, 21
 
 
@@ -39,6 +42,7 @@ class ExportResult:
     quant_layers: list[str] = field(default_factory=list)
     custom_ops: list[dict] = field(default_factory=list)
     approximated: list[str] = field(default_factory=list)  # trt placement: layers requantized to int8
+    layer_outputs: dict[str, str] = field(default_factory=dict)  # quantized layer -> its ONNX output
 
 
 def _has_per_step(model: nn.Module) -> bool:
@@ -136,6 +140,8 @@ def export_unet(
         finally:
             torch_onnx_log.setLevel(level)
     proto = program.model_proto
+    layer_outputs = layer_output_tensors(proto, names)
+    strip_node_metadata(proto)
     custom_ops = _finish(proto, residual)
     return ExportResult(
         model=proto,
@@ -144,6 +150,7 @@ def export_unet(
         step_input="step" if with_step else None,
         quant_layers=names,
         custom_ops=custom_ops,
+        layer_outputs=layer_outputs,
         approximated=[n for n, m in body.named_modules() if getattr(m, "trt_approximate", False)],
     )
 
@@ -163,3 +170,32 @@ def _finish(proto: onnx.ModelProto, residual: str) -> list[dict]:
         {"name": name, "domain": ops.EDGEDIFF_DOMAIN, "plugin_namespace": "edgediff", "plugin_version": "1"}
         for name in sorted(left)
     ]
+
+
+def layer_output_tensors(
+    model: onnx.ModelProto, layer_names: list[str], prefix: str = "unet."
+) -> dict[str, str]:
+    """Map each layer name to the ONNX tensor that is its output: the last node of its name scope
+    (the dynamo exporter records `pkg.torch.onnx.name_scopes` on every node)."""
+    wanted = {prefix + n: n for n in layer_names}
+    found: dict[str, str] = {}
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        if SCOPE_KEY not in meta:
+            continue
+        for scope in ast.literal_eval(meta[SCOPE_KEY]):
+            if scope in wanted:
+                found[wanted[scope]] = node.output[0]
+    return found
+
+
+def strip_node_metadata(model: onnx.ModelProto) -> None:
+    """Drop the exporter's per-node metadata (stack traces, FX nodes) and intermediate value_info:
+    on a small model they are larger than the low-bit weights themselves."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.graph.value_info[:]  # intermediate shapes: recomputed by shape inference when needed
+    for function in model.functions:
+        for node in function.node:
+            del node.metadata_props[:]

@@ -1,16 +1,16 @@
 """Parity level 1 (`edgediff export validate`): per quantized layer, PyTorch vs ONNX Runtime.
 
-The layer outputs of the PyTorch fake-quant model are captured with forward hooks; in the ONNX
-graph the output of each layer is the last node of the module's name scope (the dynamo exporter
-records `pkg.torch.onnx.name_scopes` on every node). Both are computed on the golden inputs of
-the bundle (the latent before each recorded step). SQNR = 10 log10(sum y^2 / sum (y - y_onnx)^2).
+The layer outputs of the PyTorch fake-quant model are captured with forward hooks; the ONNX tensor
+that is each layer's output was recorded at export (`reference/layer_outputs.json`). Both are
+computed on the golden inputs of the bundle (the latent before each recorded step).
+SQNR = 10 log10(sum y^2 / sum (y - y_onnx)^2).
 With the `ort` placement the ONNX layer output also carries the output Q/DQ that makes ONNX
 Runtime fuse, so its SQNR includes that uint8 rounding (about 48 dB for a well-used range).
 """
 
 from __future__ import annotations
 
-import ast
+import json
 import math
 from pathlib import Path
 
@@ -21,26 +21,8 @@ import torch
 from edgediff.models.loading import load_model
 from edgediff.quant import quant_layers
 from edgediff_export.errors import ExportError
+from edgediff_export.to_onnx import LAYER_OUTPUTS_FILE
 from edgediff_runtime.bundle import load_bundle, load_golden
-
-SCOPE_KEY = "pkg.torch.onnx.name_scopes"
-
-
-def layer_output_tensors(
-    model: onnx.ModelProto, layer_names: list[str], prefix: str = "unet."
-) -> dict[str, str]:
-    """Map each layer name to the ONNX tensor that is its output (last node in its scope)."""
-    wanted = {prefix + n: n for n in layer_names}
-    found: dict[str, str] = {}
-    for node in model.graph.node:
-        meta = {p.key: p.value for p in node.metadata_props}
-        if SCOPE_KEY not in meta:
-            continue
-        scopes = ast.literal_eval(meta[SCOPE_KEY])
-        for scope in scopes:
-            if scope in wanted:
-                found[wanted[scope]] = node.output[0]
-    return found
 
 
 def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
@@ -94,7 +76,10 @@ def validate_layers(
     layers = quant_layers(loaded.unet)
     twin = _export_twin(loaded, bundle)
     twin_layers = {n: twin.get_submodule(n) for n in layers}
-    outputs = layer_output_tensors(proto, list(layers))
+    mapping = Path(bundle_dir) / LAYER_OUTPUTS_FILE
+    if not mapping.is_file():
+        raise ExportError(f"{mapping} is missing; re-export the bundle with this edgediff version")
+    outputs = json.loads(mapping.read_text())
     missing = sorted(set(layers) - set(outputs))
     if missing:
         raise ExportError(
