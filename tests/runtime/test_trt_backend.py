@@ -27,8 +27,8 @@ def test_absent_tensorrt_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def test_missing_plugin_library(tmp_path):
-    with pytest.raises(RuntimeStageError, match="plugin library .*libedgediff_plugins.so does not exist"):
-        load_plugin_libraries([tmp_path / "libedgediff_plugins.so"])
+    with pytest.raises(RuntimeStageError, match="plugin library .*libedgediff_trt_plugins.so does not exist"):
+        load_plugin_libraries([tmp_path / "libedgediff_trt_plugins.so"])
     (tmp_path / "bad.so").write_bytes(b"not an ELF file")
     with pytest.raises(RuntimeStageError, match="cannot load TensorRT plugin library bad.so"):
         load_plugin_libraries([tmp_path / "bad.so"])
@@ -134,6 +134,12 @@ def _fake_tensorrt(record: list) -> types.ModuleType:
     trt.Logger, trt.TensorIOMode, trt.Runtime = Logger, TensorIOMode, Runtime
     trt.nptype = lambda dt: np.float32
     trt.init_libnvinfer_plugins = lambda logger, ns: record.append(("init_plugins", ns))
+
+    class Registry:
+        def load_library(self, path):
+            record.append(("load_library", path))
+
+    trt.get_plugin_registry = lambda: Registry()
     return trt
 
 

@@ -89,6 +89,12 @@ class TrtBackend:
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         trt.init_libnvinfer_plugins(self._logger, "")
+        # edgediff's plugin library exports getCreators (IPluginV3): a plain dlopen registers nothing,
+        # the plugin registry must load it (TensorRT 10 API).
+        registry = trt.get_plugin_registry()
+        for path in plugin_libraries or []:
+            if hasattr(registry, "load_library"):
+                registry.load_library(str(Path(path).resolve()))
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
