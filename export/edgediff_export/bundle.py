@@ -21,7 +21,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from edgediff import __version__
@@ -366,15 +365,3 @@ def _measure_parity(folder: Path) -> dict:
     return json.loads(
         json.dumps(report, default=lambda v: None if isinstance(v, float) and math.isinf(v) else v)
     )
-
-
-def bundle_summary(out: Path) -> dict:
-    manifest = json.loads((Path(out) / "manifest.json").read_text())
-    size = sum(f.stat().st_size for f in Path(out).rglob("*.onnx*"))
-    return {
-        "bundle": str(out),
-        "onnx_bytes": size,
-        "tolerances": manifest["parity"]["tolerances"],
-        "step_input": manifest["model"]["step_input"],
-        "np": np.__version__,
-    }

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgediff.quant import QuantLayer, quant_layers
+from edgediff.quant.branches import lowrank_apply
 from edgediff.quant.spec import QuantLayerSpec
 from edgediff_export.errors import ExportError
 from edgediff_export.torch_ops import (
@@ -79,9 +80,6 @@ class ExportQuantLayer(nn.Module):
         super().__init__()
         if placement not in PLACEMENTS:
             raise ExportError(f"unknown placement {placement!r}: use one of {', '.join(PLACEMENTS)}")
-        if spec.lora is not None or spec.lowrank is not None and spec.lowrank.M is not None:
-            # Additive LoRA / per-frame low-rank: kept as FP MatMuls below.
-            pass
         self.name = spec.name
         self.kind = spec.kind
         self.placement = placement
@@ -139,12 +137,12 @@ class ExportQuantLayer(nn.Module):
             self.register_buffer("out_scale", torch.tensor(scale, dtype=torch.float32))
             self.register_buffer("out_zero", torch.tensor(int(round(-lo / scale)), dtype=torch.uint8))
             self.out_q = True
-        self.lowrank = None
+        # Low-rank FP branch (METHODS.md 3.7): kept as MatMuls/convs on the quantized input (+ per-frame Mul).
+        self.has_lowrank = spec.lowrank is not None
         if spec.lowrank is not None:
             self.register_buffer("lr_A", spec.lowrank.A.float().clone())
             self.register_buffer("lr_B", spec.lowrank.B.float().clone())
             self.register_buffer("lr_M", None if spec.lowrank.M is None else spec.lowrank.M.float().clone())
-            self.lowrank = True
         self.register_buffer("lora_delta", None if spec.lora is None else spec.lora.delta().float().clone())
         self.act: ActExport | None = None
         if spec.act is not None:
@@ -157,7 +155,6 @@ class ExportQuantLayer(nn.Module):
                     if zero_a.min() < 0 or zero_a.max() > 255 or a.qmin < 0 or a.qmax > 255:
                         raise ExportError(f"layer {spec.name}: activation range does not fit uint8")
                     self.register_buffer("a_zero", zero_a.to(torch.uint8))
-                    self.a_range = (a.qmin, a.qmax)
                 else:
                     # Symmetric int8 (zero point 0, TensorRT's only activation format). The Clip to the
                     # quantizer's float range keeps the b-bit asymmetric grid exactly when its integer
@@ -209,19 +206,13 @@ class ExportQuantLayer(nn.Module):
     def _branches(self, xq: Tensor, y: Tensor) -> Tensor:
         if self.lora_delta is not None:
             y = y + self._op(xq, self.lora_delta, None)
-        if self.lowrank:
-            A, B = self.lr_A, self.lr_B
+        if self.has_lowrank:
             if self.kind == "linear":
-                u = F.linear(xq, A)
-                if self.lr_M is not None:
-                    frames = self.lr_M.numel()
-                    shape = u.shape
-                    u = (u.reshape(shape[0], frames, -1, shape[-1]) * self.lr_M.reshape(1, -1, 1, 1)).reshape(
-                        shape
-                    )
-                y = y + F.linear(u, B)
-            else:
-                y = y + F.conv2d(F.conv2d(xq, A, None, *self.conv), B)
+                y = y + lowrank_apply(xq, self.lr_A, self.lr_B, self.lr_M)
+            else:  # A: (r, Cin, kh, kw) with the layer's geometry, then B as a 1x1 conv
+                stride, padding, dilation, _ = self.conv
+                u = F.conv2d(xq, self.lr_A, None, stride, padding, dilation)
+                y = y + F.conv2d(u, self.lr_B.reshape(*self.lr_B.shape, 1, 1))
         return y
 
     def _op(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:

@@ -160,3 +160,26 @@ def test_ddpm_cifar10_architecture_exports_and_runs():
     out = run_onnx(result.model, {"sample": x, "timestep": t})
     assert out.shape == ref.shape and np.isfinite(out).all()
     assert close_to_fake_quant(out, ref, max_rel=0.1, mean_rel=0.05)
+
+
+def test_low_rank_branch_exports_as_fp_matmuls(fp_model):
+    import copy
+
+    from edgediff.quant import LowRankSpec, calibrate, quantize_
+    from edgediff.quant.recipe import LayerQuant, Recipe
+    from tests.export.helpers import random_calibration
+
+    q = copy.deepcopy(fp_model)
+    rule = LayerQuant.parse("W4A8", lowrank=LowRankSpec(rank=2))
+    quantize_(q, Recipe(rules=(("*", rule),), name="lowrank"))
+    calibrate(q, random_calibration())
+    with torch.no_grad():  # non-zero branches, so that leaving them out would show
+        for name, p in q.named_parameters():
+            if ".lowrank." in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)) * 0.05)
+    result = export_unet(q, SHAPE)
+    x, t = inputs(3)
+    with torch.no_grad():
+        ref = q(x, t).sample.numpy()
+    out = run_onnx(result.model, {"sample": x, "timestep": t})
+    assert close_to_fake_quant(out, ref)
