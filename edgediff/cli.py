@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from edgediff.errors import EdgediffError
@@ -131,8 +132,8 @@ def run_command(args: argparse.Namespace, handled: tuple[type[BaseException], ..
     try:
         return int(args.func(args) or 0)
     except (EdgediffError, *handled) as exc:
-        print(f"error: {exc}", file=__import__("sys").stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
-        print("error: interrupted", file=__import__("sys").stderr)
+        print("error: interrupted", file=sys.stderr)
         return 130
