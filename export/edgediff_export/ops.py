@@ -36,6 +36,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgediff_export.errors import ExportError
+from edgediff_export.trt import numpy_ref
 
 EDGEDIFF_DOMAIN = "edgediff"
 PLUGIN_NAMESPACE = "edgediff"
@@ -96,26 +97,9 @@ def residual_binary_weight(
     alpha: np.ndarray,
     channels: np.ndarray,
 ) -> np.ndarray:
-    """Effective float32 weight of either op: ``w_scale·(Wq − w_zero)`` plus ``alpha[k]·sign[k]`` rows.
-
-    ``wq`` is [Cout, Cin] (linear) or [Cout, Cin/group, kh, kw] (conv); ``signs`` is packed uint8
-    (METHODS.md section 2.4).
-    """
-    wq = np.asarray(wq)
-    cout = wq.shape[0]
-    row = int(np.prod(wq.shape[1:], dtype=np.int64))
-    bshape = (cout,) + (1,) * (wq.ndim - 1)
-    w = (wq.astype(np.float32) - np.asarray(w_zero, np.float32).reshape(bshape)) * np.asarray(
-        w_scale, np.float32
-    ).reshape(bshape)
-    channels = np.asarray(channels, np.int64)
-    if channels.size:
-        s = unpack_signs(np.asarray(signs, np.uint8), row).astype(np.float32)
-        rows = s * np.asarray(alpha, np.float32)[:, None]
-        w2 = w.reshape(cout, row)
-        w2[channels] += rows
-        w = w2.reshape(wq.shape)
-    return w.astype(np.float32)
+    """Effective float32 weight of either op: ``w_scale·(Wq − w_zero)`` plus ``alpha[k]·sign[k]`` rows
+    (METHODS.md section 2.4); the one numpy reference lives in ``trt/numpy_ref.py``."""
+    return numpy_ref.dense_weight(wq, w_scale, w_zero, signs, alpha, channels).astype(np.float32)
 
 
 def reference_residual_binary_linear(
@@ -129,11 +113,7 @@ def reference_residual_binary_linear(
     bias: np.ndarray | None = None,
 ) -> np.ndarray:
     """Numpy reference of ``edgediff::ResidualBinaryLinear`` (float64 accumulation, float32 result)."""
-    w = residual_binary_weight(wq, w_scale, w_zero, signs, alpha, channels).astype(np.float64)
-    y = np.asarray(x, np.float64) @ w.T
-    if bias is not None:
-        y = y + np.asarray(bias, np.float64)
-    return y.astype(np.float32)
+    return numpy_ref.residual_binary_linear(x, wq, w_scale, w_zero, signs, alpha, channels, bias, np.float32)
 
 
 def reference_conv2d(
@@ -146,30 +126,12 @@ def reference_conv2d(
     dilations: Sequence[int] = (1, 1),
     group: int = 1,
 ) -> np.ndarray:
-    """Plain numpy NCHW 2-D convolution with ONNX ``Conv`` semantics (pads = [top, left, bottom, right])."""
-    x = np.asarray(x, np.float64)
-    w = np.asarray(w, np.float64)
-    n, cin, _, _ = x.shape
-    cout, cpg, kh, kw = w.shape
-    sh, sw = strides
-    dh, dw = dilations
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    hp, wp = xp.shape[2:]
-    oh = (hp - dh * (kh - 1) - 1) // sh + 1
-    ow = (wp - dw * (kw - 1) - 1) // sw + 1
-    opg = cout // group
-    y = np.zeros((n, cout, oh, ow))
-    for g in range(group):
-        xg = xp[:, g * cpg : (g + 1) * cpg]
-        wg = w[g * opg : (g + 1) * opg]
-        for i in range(kh):
-            for j in range(kw):
-                patch = xg[
-                    :, :, i * dh : i * dh + sh * (oh - 1) + 1 : sh, j * dw : j * dw + sw * (ow - 1) + 1 : sw
-                ]
-                y[:, g * opg : (g + 1) * opg] += np.einsum("nchw,oc->nohw", patch, wg[:, :, i, j])
+    """Plain NCHW conv in numpy (float64 accumulation, float32 result)."""
+    y = numpy_ref.conv2d(
+        np.asarray(x, np.float64), np.asarray(w, np.float64), strides, pads, dilations, group
+    )
     if bias is not None:
-        y += np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
+        y = y + np.asarray(bias, np.float64).reshape(1, -1, 1, 1)
     return y.astype(np.float32)
 
 
@@ -189,8 +151,9 @@ def reference_residual_binary_conv(
     group: int = 1,
 ) -> np.ndarray:
     """Numpy reference of ``edgediff::ResidualBinaryConv``."""
-    w = residual_binary_weight(wq, w_scale, w_zero, signs, alpha, channels)
-    return reference_conv2d(x, w, bias, strides=strides, pads=pads, dilations=dilations, group=group)
+    return numpy_ref.residual_binary_conv(
+        x, wq, w_scale, w_zero, signs, alpha, channels, bias, strides, pads, dilations, group, np.float32
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def conv_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_en
     return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _conv2d(
+def conv2d(
     x: np.ndarray,
     w: np.ndarray,
     strides: Sequence[int],
@@ -184,12 +184,12 @@ def residual_binary_conv(
         raise ValueError(f"X and Wq must be 4-D, got {x64.shape} and {q.shape}")
     cout = q.shape[0]
     row_len = int(np.prod(q.shape[1:]))
-    y = _conv2d(x64, dequantize_main(q, w_scale, w_zero), strides, pads, dilations, group)
+    y = conv2d(x64, dequantize_main(q, w_scale, w_zero), strides, pads, dilations, group)
     chans, res = _residual_rows(signs, alpha, channels, cout, row_len)
     if chans.size:
         r = np.zeros((cout, row_len))
         r[chans] = res
-        y += _conv2d(x64, r.reshape(q.shape), strides, pads, dilations, group)
+        y += conv2d(x64, r.reshape(q.shape), strides, pads, dilations, group)
     if bias is not None:
         y += np.asarray(bias, dtype=np.float64).reshape(1, -1, 1, 1)
     return y.astype(out_dtype or np.asarray(x).dtype)
