@@ -129,6 +129,8 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def write_docs(result: dict) -> None:
+    host = result["host"]
+    where = host.get("gpu", host["machine"])
     rows = []
     for r in result["rows"]:
         fds = [s["fd"] for s in r["per_seed"]]
@@ -144,6 +146,7 @@ def write_docs(result: dict) -> None:
                 "-" if agree[0] is None else f"{np.mean(agree):.3f}",
                 r.get("training", {}).get("updates", 0) if r["method"] == "efficientdm" else 0,
                 f"{r['seconds']:.0f}",
+                r.get("measured_on", where),
             ]
         )
     seeds = result["seeds"]
@@ -157,15 +160,15 @@ def write_docs(result: dict) -> None:
             "class agree",
             "fine-tune updates",
             "row seconds",
+            "measured on",
         ],
         rows,
     )
-    host = result["host"]
-    where = host.get("gpu", host["machine"])
     update_results_section(
         "quality",
         f"### Quantization baselines (`python -m bench.quality`, {result['samples']} samples, "
-        f"{result['steps']} DDIM steps, seeds {seeds}, measured on {where})\n\n{table}\n",
+        f"{result['steps']} DDIM steps, seeds {seeds}; every row paired with the FP samples of the same "
+        f"seed)\n\n{table}\n\n{result.get('note', '')}\n",
     )
 
 
