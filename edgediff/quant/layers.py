@@ -9,6 +9,8 @@ so they are added to the weight (one GEMM/conv); the per-frame branch runs separ
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,7 +30,7 @@ def _clone(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach().clone()
 
 
-class QuantLayer(nn.Module):
+class QuantLayer(nn.Module, abc.ABC):
     """Common part of `QuantLinear` and `QuantConv2d` (see module docstring)."""
 
     kind = ""
@@ -64,8 +66,9 @@ class QuantLayer(nn.Module):
 
     # ------------------------------------------------------------ forward pieces
 
+    @abc.abstractmethod
     def _op(self, x: Tensor, w: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The float op (linear or conv) on the quantized input and weight."""
 
     def effective_weight(self) -> Tensor:
         """`W̃ = (W + ΔW_merged)·diag(δ)`, the tensor the weight quantizer sees."""

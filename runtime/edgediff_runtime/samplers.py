@@ -18,6 +18,8 @@ Usage::
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 
 from edgediff_runtime.bundle import SamplerSpec
@@ -58,7 +60,7 @@ def predict_x0_eps(
     )
 
 
-class Sampler:
+class Sampler(abc.ABC):
     """Base class: a schedule, timesteps and a ``step`` rule; state lives in the instance (one run)."""
 
     stochastic = False
@@ -99,11 +101,11 @@ class Sampler:
             return np.clip(x0, -r, r)
         return x0
 
+    @abc.abstractmethod
     def step(
         self, model_output: np.ndarray, i: int, sample: np.ndarray, noise: np.ndarray | None = None
     ) -> np.ndarray:
         """Latent after step ``i``; ``noise`` is the variance noise of stochastic samplers (else drawn)."""
-        raise NotImplementedError
 
 
 class DDIMSampler(Sampler):
