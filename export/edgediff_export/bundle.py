@@ -30,6 +30,7 @@ from edgediff.utils.atomic import atomic_dir, check_writable
 from edgediff_export.errors import ExportError
 from edgediff_export.golden import layer_output_ranges, record_golden
 from edgediff_export.modules import PLACEMENTS
+from edgediff_export.passes.placement import ort_disabled_optimizers
 from edgediff_export.to_onnx import (
     LAYER_OUTPUTS_FILE,
     MAX_DEFAULT_OPSET,
@@ -60,6 +61,14 @@ TOLERANCE_FACTOR = 4.0
 PSNR_MARGIN_DB = 6.0
 ABS_FLOOR = 1e-5
 ORT_MIN = "1.20"
+#: Opset 25 (INT2/UINT2 weight containers) was verified on onnxruntime 1.32, the version installed
+#: here; older releases are not known to run it, so such bundles require it.
+ORT_MIN_OPSET25 = "1.32"
+
+
+def ort_min_version(opset: int) -> str:
+    """Minimum onnxruntime a bundle of ``opset`` needs (1.20 up to opset 21, 1.32 above)."""
+    return ORT_MIN if opset <= 21 else ORT_MIN_OPSET25
 _DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.FLOAT16: "float16",
@@ -316,6 +325,7 @@ def export_bundle(
                 opset=opset,
                 ir_version=proto.ir_version,
                 custom_ops=[CustomOp(**c) for c in result.custom_ops],
+                ort_disabled_optimizers=ort_disabled_optimizers(proto),
             ),
             quant=QuantSpec(
                 recipe={
@@ -330,7 +340,7 @@ def export_bundle(
                 precision=precision_table(proto),
             ),
             requirements=Requirements(
-                onnxruntime_min=ORT_MIN, tensorrt_min=profile.tensorrt if opts.placement == "trt" else None
+                onnxruntime_min=ort_min_version(opset), tensorrt_min=profile.tensorrt if opts.placement == "trt" else None
             ),
             device=profile.to_dict(),
         )
@@ -356,7 +366,9 @@ def _measure_parity(folder: Path) -> dict:
     from edgediff_runtime.parity import run_parity
 
     bundle = load_bundle(folder, verify=True, backend="ort")
-    backend = open_backend("ort", bundle.model_path)
+    backend = open_backend(
+        "ort", bundle.model_path, disabled_optimizers=bundle.manifest.onnx.ort_disabled_optimizers
+    )
     report = run_parity(bundle, backend, backend_name="ort")
     report.pop("checks", None)
     report.pop("passed", None)

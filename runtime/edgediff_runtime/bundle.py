@@ -120,6 +120,7 @@ MANIFEST_SCHEMA: dict[str, Any] = _obj(
                         ["name", "domain"],
                     ),
                 },
+                "ort_disabled_optimizers": {"type": "array", "items": _STR},
             },
             ["opset", "ir_version"],
         ),
@@ -215,11 +216,13 @@ class CustomOp:
 
 @dataclass
 class OnnxSpec:
-    """Opset / IR version of ``model.onnx`` and the custom ops it uses."""
+    """Opset / IR version of ``model.onnx``, the custom ops it uses, and the ONNX Runtime graph
+    optimizers that must be off for it (e.g. ``ConstantFolding`` with 2-bit weights)."""
 
     opset: int
     ir_version: int
     custom_ops: list[CustomOp] = field(default_factory=list)
+    ort_disabled_optimizers: list[str] = field(default_factory=list)
 
 
 @dataclass

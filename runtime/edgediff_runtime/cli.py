@@ -139,6 +139,7 @@ def _open(args: argparse.Namespace) -> tuple[Bundle, Backend]:
         providers=args.provider or (None if args.ignore_device else _default_providers(bundle)),
         engine_path=engine,
         plugin_libraries=plugins,
+        disabled_optimizers=bundle.manifest.onnx.ort_disabled_optimizers,
     )
     return bundle, backend
 

@@ -125,3 +125,25 @@ def test_validate_reports_every_quantized_layer(folders, w8a8_bundle):
     assert rows == sorted(rows, key=lambda r: r["min_sqnr_db"])
     # Unfused Q/DQ emulation vs the same lowering in PyTorch: only rounding ties differ.
     assert rows[0]["min_sqnr_db"] > 30.0
+
+
+def test_2bit_weights_ship_in_uint2_and_run_with_constant_folding_off(folders):
+    """W2 on x86-cpu: uint2 containers (opset 25), the manifest turns ConstantFolding off, the
+    runtime replays the bundle within its derived tolerances, and it is smaller than uint4 would be."""
+    quantize_model(folders / "fp", "ptq", "W2A8", folders / "q2", num_steps=STEPS, progress=False)
+    out = export_bundle(folders / "q2", folders / "w2.edgediff", OPTS, progress=False)
+    bundle = load_bundle(out, verify=True)
+    m = bundle.manifest
+    assert m.onnx.opset == 25 and m.requirements.onnxruntime_min == "1.32"
+    assert "ConstantFolding" in m.onnx.ort_disabled_optimizers
+    assert m.quant.recipe["weight_containers"].get("uint2", 0) > 0
+    backend = open_backend("ort", bundle.model_path, disabled_optimizers=m.onnx.ort_disabled_optimizers)
+    assert run_parity(bundle, backend)["passed"]
+    w4 = export_bundle(
+        folders / "q2",
+        folders / "w2-opset21.edgediff",
+        ExportOptions(steps=STEPS, golden_samples=4, opset=21, device="jetson-orin-nano-8gb"),
+        progress=False,
+    )
+    assert "uint2" not in load_bundle(w4).manifest.quant.recipe["weight_containers"]
+    assert (out / "model.onnx").stat().st_size < (w4 / "model.onnx").stat().st_size

@@ -357,19 +357,42 @@ def needs_matmul_add_fusion_disabled(model: onnx.ModelProto) -> bool:
     return False
 
 
+def has_2bit_weights(model: onnx.ModelProto) -> bool:
+    """True when an INT2/UINT2 initializer exists (opset 25 2-bit weight containers)."""
+    return any(i.data_type in (TensorProto.INT2, TensorProto.UINT2) for i in model.graph.initializer)
+
+
+def ort_disabled_optimizers(model: onnx.ModelProto) -> list[str]:
+    """ONNX Runtime graph optimizers that must be off for ``model`` (recorded in the bundle manifest).
+
+    * ``MatMulAddFusion`` when :func:`needs_matmul_add_fusion_disabled` (keeps the integer MatMul path).
+    * ``ConstantFolding`` when the graph has 2-bit weight initializers: ONNX Runtime 1.32 fails at
+      session creation ("Element type mismatch between tensor proto and ortvalue_initializer") while
+      constant-folding around INT2/UINT2 DequantizeLinear; with the pass off the graph runs and its
+      output is identical to the uint4-container export (docs/export-passes.md).
+    """
+    out = []
+    if needs_matmul_add_fusion_disabled(model):
+        out.append("MatMulAddFusion")
+    if has_2bit_weights(model):
+        out.append("ConstantFolding")
+    return out
+
+
 def ort_session_options(
     model: onnx.ModelProto | None = None,
     *,
     optimized_model_path: str | None = None,
     disable_matmul_add_fusion: bool | None = None,
+    disabled_optimizers: list[str] | None = None,
     exact_matmulnbits: bool = True,
     intra_op_num_threads: int | None = None,
 ) -> Any:
     """``onnxruntime.SessionOptions`` for edgediff graphs (DEPLOY.md section 11).
 
-    * ``disable_matmul_add_fusion``: ``None`` decides from ``model``
-      (:func:`needs_matmul_add_fusion_disabled`); ``True`` adds ``MatMulAddFusion`` to
-      ``optimization.disable_specified_optimizers``.
+    * ``disabled_optimizers``: graph optimizers to turn off (``optimization.disable_specified_optimizers``,
+      ``;``-separated); ``None`` decides from ``model`` (:func:`ort_disabled_optimizers`).
+    * ``disable_matmul_add_fusion``: force ``MatMulAddFusion`` on (``False``) or off (``True``) in that list.
     * ``exact_matmulnbits``: ``session.qdq_matmulnbits_accuracy_level=0`` so 4-/2-bit DQ -> MatMul
       fused into ``MatMulNBits`` computes in float (exact) rather than with int8 activations.
     * ``optimized_model_path``: where ONNX Runtime writes the optimized graph (for inspection).
@@ -377,10 +400,15 @@ def ort_session_options(
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    if disable_matmul_add_fusion is None:
-        disable_matmul_add_fusion = model is not None and needs_matmul_add_fusion_disabled(model)
-    if disable_matmul_add_fusion:
-        so.add_session_config_entry("optimization.disable_specified_optimizers", "MatMulAddFusion")
+    names = list(disabled_optimizers) if disabled_optimizers is not None else (
+        ort_disabled_optimizers(model) if model is not None else []
+    )
+    if disable_matmul_add_fusion is not None:
+        names = [n for n in names if n != "MatMulAddFusion"]
+        if disable_matmul_add_fusion:
+            names.insert(0, "MatMulAddFusion")
+    if names:
+        so.add_session_config_entry("optimization.disable_specified_optimizers", ";".join(names))
     if exact_matmulnbits:
         so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     if optimized_model_path is not None:
@@ -394,7 +422,9 @@ __all__ = [
     "PLACEMENTS",
     "QuantizedNode",
     "find_quantized_nodes",
+    "has_2bit_weights",
     "needs_matmul_add_fusion_disabled",
+    "ort_disabled_optimizers",
     "ort_session_options",
     "place_qdq",
 ]

@@ -44,12 +44,19 @@ def open_backend(
     providers: list[str] | None = None,
     engine_path: Path | None = None,
     plugin_libraries: list[Path] | None = None,
+    disabled_optimizers: list[str] | None = None,
 ) -> Backend:
-    """Create backend ``kind`` ("ort" or "trt") for a bundle's model or engine."""
+    """Create backend ``kind`` ("ort" or "trt") for a bundle's model or engine.
+
+    ``disabled_optimizers``: ONNX Runtime graph optimizers to turn off (the manifest's
+    ``onnx.ort_disabled_optimizers``); ignored by ``trt``.
+    """
     if kind == "ort":
         from edgediff_runtime.backends.ort import OrtBackend
 
-        return OrtBackend(model_path, providers=providers, threads=threads)
+        return OrtBackend(
+            model_path, providers=providers, threads=threads, disabled_optimizers=disabled_optimizers
+        )
     if kind == "trt":
         from edgediff_runtime.backends.trt import TrtBackend
 

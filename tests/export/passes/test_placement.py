@@ -185,3 +185,23 @@ def test_trt_placement_folds_unfolded_weights_first():
     assert [n.op_type for n in trt.graph.node].count("QuantizeLinear") == 1  # the activation Q only
     assert lint(trt, ORIN) == []
     np.testing.assert_allclose(run(trt, {"x": X})[0], run(model, {"x": X})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_disabled_optimizers_for_2bit_weights():
+    from edgediff_export.passes.placement import has_2bit_weights, ort_disabled_optimizers
+
+    codes = helper.make_tensor("w", TensorProto.UINT2, [4], [0, 1, 2, 3])
+    scale = numpy_helper.from_array(np.array(0.5, np.float32), "s")
+    node = helper.make_node("DequantizeLinear", ["w", "s"], ["y"])
+    model = helper.make_model(
+        helper.make_graph([node], "g", [], [vi("y", [4])], [codes, scale]),
+        opset_imports=[helper.make_opsetid("", 25)],
+    )
+    assert has_2bit_weights(model)
+    assert ort_disabled_optimizers(model) == ["ConstantFolding"]
+    so = ort_session_options(model)
+    assert so.get_session_config_entry("optimization.disable_specified_optimizers") == "ConstantFolding"
+    so = ort_session_options(model, disable_matmul_add_fusion=True)
+    assert so.get_session_config_entry("optimization.disable_specified_optimizers") == (
+        "MatMulAddFusion;ConstantFolding"
+    )
