@@ -22,7 +22,12 @@ def run_ort(bundle_path: str, batch: int, steps: int, threads: int) -> float:
     from edgediff_runtime.pipeline import sample
 
     bundle = load_bundle(bundle_path)
-    backend = open_backend("ort", bundle.model_path, threads=threads)
+    backend = open_backend(
+        "ort",
+        bundle.model_path,
+        threads=threads,
+        disabled_optimizers=bundle.manifest.onnx.ort_disabled_optimizers,
+    )
     noise = np.random.default_rng(0).standard_normal(
         (batch, *bundle.manifest.model.sample_shape), dtype=np.float32
     )

@@ -69,6 +69,8 @@ ORT_MIN_OPSET25 = "1.32"
 def ort_min_version(opset: int) -> str:
     """Minimum onnxruntime a bundle of ``opset`` needs (1.20 up to opset 21, 1.32 above)."""
     return ORT_MIN if opset <= 21 else ORT_MIN_OPSET25
+
+
 _DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.FLOAT16: "float16",
@@ -340,7 +342,8 @@ def export_bundle(
                 precision=precision_table(proto),
             ),
             requirements=Requirements(
-                onnxruntime_min=ort_min_version(opset), tensorrt_min=profile.tensorrt if opts.placement == "trt" else None
+                onnxruntime_min=ort_min_version(opset),
+                tensorrt_min=profile.tensorrt if opts.placement == "trt" else None,
             ),
             device=profile.to_dict(),
         )

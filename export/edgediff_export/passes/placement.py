@@ -400,8 +400,10 @@ def ort_session_options(
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    names = list(disabled_optimizers) if disabled_optimizers is not None else (
-        ort_disabled_optimizers(model) if model is not None else []
+    names = (
+        list(disabled_optimizers)
+        if disabled_optimizers is not None
+        else (ort_disabled_optimizers(model) if model is not None else [])
     )
     if disable_matmul_add_fusion is not None:
         names = [n for n in names if n != "MatMulAddFusion"]

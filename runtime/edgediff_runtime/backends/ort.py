@@ -74,7 +74,9 @@ class OrtBackend:
         # 4-bit weights fuse to MatMulNBits, exact only at accuracy level 0 (DEPLOY.md 11).
         opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
         if disabled_optimizers:  # from the manifest: passes this graph must not go through
-            opts.add_session_config_entry("optimization.disable_specified_optimizers", ";".join(disabled_optimizers))
+            opts.add_session_config_entry(
+                "optimization.disable_specified_optimizers", ";".join(disabled_optimizers)
+            )
         if threads is not None:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1

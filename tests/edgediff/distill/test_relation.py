@@ -47,7 +47,9 @@ def test_teacher_side_gets_no_gradient():
 
 def test_relation_kl_sum_is_rows_times_mean():
     t, s = _feats(0), _feats(1)
-    torch.testing.assert_close(relation_kl(t, s, reduction="sum"), relation_kl(t, s, reduction="mean") * 3 * 16)
+    torch.testing.assert_close(
+        relation_kl(t, s, reduction="sum"), relation_kl(t, s, reduction="mean") * 3 * 16
+    )
 
 
 def test_batch_relation_includes_within_sample_rows():
