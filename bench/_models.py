@@ -8,10 +8,23 @@ from edgediff.methods import quantize_model
 from edgediff_export.bundle import ExportOptions, export_bundle
 
 
-def quantized_folder(work: Path, bits: str, method: str = "ptq", steps: int = 20) -> Path:
-    out = Path(work) / f"{bits.lower()}-{method}-{steps}"
+def quantized_folder(
+    work: Path, bits: str, method: str = "ptq", steps: int = 20, symmetric_weights: bool = False
+) -> Path:
+    """The reference model quantized with `method` at `bits` (default recipe; `symmetric_weights`
+    sets `w_symmetric` on every layer), built once under `work`."""
+    sym = "-sym" if symmetric_weights else ""
+    out = Path(work) / f"{bits.lower()}{sym}-{method}-{steps}"
     if not (out / "recipe.json").is_file():
-        quantize_model("reference", method, bits, out, num_steps=steps, progress=False)
+        recipe_file = None
+        if symmetric_weights:
+            from edgediff.quant import default_recipe
+            from edgediff.reference.model import load_pipeline_parts
+
+            unet, _ = load_pipeline_parts("reference")
+            recipe_file = Path(work) / f"{bits.lower()}-sym.recipe.json"
+            recipe_file.write_text(default_recipe(bits, unet, w_symmetric=True).to_json())
+        quantize_model("reference", method, bits, out, recipe_file, num_steps=steps, progress=False)
     return out
 
 

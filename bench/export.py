@@ -13,6 +13,7 @@ Writes bench/results/export.json and the `export` section of docs/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -65,6 +66,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    ap.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        metavar="LABEL=FOLDER",
+        help="more quantized folders to export with the ort placement (e.g. 'MPQ-DMv2 W2A4=out/mpqdmv2')",
+    )
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -73,6 +81,17 @@ def main() -> None:
         q = quantized_folder(work, bits)
         for placement in ("ort", "trt"):
             bundles[f"{bits} {placement}"] = bundle_for(work, q, bits.lower(), placement)
+    # symmetric weights (zero point 2^(b-1)): int8 weights in the ort bundle, ONNX Runtime's u8s8 path
+    q = quantized_folder(work, "W8A8", symmetric_weights=True)
+    bundles["W8A8 sym-weights ort"] = bundle_for(work, q, "w8a8-sym", "ort")
+    for spec in args.extra:
+        label, _, folder = spec.partition("=")
+        if not folder or not Path(folder).is_dir():
+            raise SystemExit(f"error: --extra needs LABEL=FOLDER with an existing folder, got {spec!r}")
+        meta = json.loads((Path(folder) / "edgediff_meta.json").read_text())
+        steps = meta.get("_edgediff", {}).get("num_steps") or meta.get("num_steps", 20)
+        slug = "".join(c if c.isalnum() else "-" for c in label.lower())
+        bundles[f"{label} ort"] = bundle_for(work, folder, slug, "ort", steps=steps)
     sizes = {k: (b / "model.onnx").stat().st_size for k, b in bundles.items()}
     sessions = {k: make_session(b / "model.onnx", args.threads) for k, b in bundles.items()}
     latency = {}

@@ -46,7 +46,7 @@ class QuantLayer(nn.Module, abc.ABC):
         )
         shape = tuple(self.weight.shape)
         cout = shape[0]
-        self.weight_quant = WeightQuantizer(cout, config.w_bits, config.w_granularity)
+        self.weight_quant = WeightQuantizer(cout, config.w_bits, config.w_granularity, config.w_symmetric)
         self.act_quant = (
             None
             if config.a_bits is None

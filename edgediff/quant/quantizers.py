@@ -40,7 +40,13 @@ def check_bits(bits: int, what: str = "bits") -> int:
 class WeightQuantizer(nn.Module):
     """Per-output-channel uniform affine weight quantizer with per-channel bit widths."""
 
-    def __init__(self, out_channels: int, bits: int | Sequence[int], granularity: str = "per_channel"):
+    def __init__(
+        self,
+        out_channels: int,
+        bits: int | Sequence[int],
+        granularity: str = "per_channel",
+        symmetric: bool = False,
+    ):
         super().__init__()
         if granularity not in W_GRANULARITIES:
             raise EdgediffError(f"unknown weight granularity {granularity!r}: use per_channel or per_tensor")
@@ -58,6 +64,7 @@ class WeightQuantizer(nn.Module):
                 "per_tensor weight quantization needs one bit width; use per_channel for mixed bits"
             )
         self.granularity = granularity
+        self.symmetric = symmetric
         self.out_channels = out_channels
         n = out_channels if granularity == "per_channel" else 1
         self.register_buffer("bits", torch.tensor(vec, dtype=torch.int32))
@@ -92,13 +99,23 @@ class WeightQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_range(self, w: Tensor, method: str) -> None:
-        """Initialise scale/zero from `w` with `method` in minmax | lp | clip_grid (METHODS.md 6.2)."""
+        """Initialise scale/zero from `w` with `method` in minmax | lp | clip_grid (METHODS.md 6.2).
+
+        Symmetric: the searched range is `[-r·max|w|, r·max|w|]` and the zero point is the middle
+        code `2^(b-1)` exactly (so `q - z` spans `[-2^(b-1), 2^(b-1) - 1]`, a signed b-bit code).
+        """
         qmin, qmax = qrange(self.bits)
+        bits = self.bits
         if self.granularity == "per_channel":
             rows = w.detach().reshape(self.out_channels, -1)
         else:
-            rows, qmin, qmax = w.detach().reshape(1, -1), qmin[:1], qmax[:1]
-        scale, zero = init_params(rows, qmin, qmax, method)
+            rows, qmin, qmax, bits = w.detach().reshape(1, -1), qmin[:1], qmax[:1], bits[:1]
+        if self.symmetric:
+            a = rows.float().abs().amax(dim=1)
+            scale, _ = init_params(rows, qmin, qmax, method, lo=-a, hi=a)
+            zero = (2 ** (bits.long() - 1)).to(torch.int32)
+        else:
+            scale, zero = init_params(rows, qmin, qmax, method)
         self.scale.copy_(scale.to(self.scale))
         self.zero_point.copy_(zero)
 

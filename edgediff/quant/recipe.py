@@ -94,7 +94,10 @@ class LowRankSpec:
 class LayerQuant:
     """How to quantize one layer. `w_bits`: int or one int per output channel (1..8).
     `a_bits=None` keeps the input FP. `smooth` adds the per-input-channel pre-scale δ
-    (METHODS.md 1.2(2)); `a_range` is the activation range init (lp or minmax)."""
+    (METHODS.md 1.2(2)); `a_range` is the activation range init (lp or minmax).
+    `w_symmetric` fixes each weight channel's zero point at the middle code `2^(b-1)` and searches
+    a range symmetric about 0, so `q - z` is a signed code with zero point 0 (METHODS.md 1.7): the
+    export then ships int8 weights, which ONNX Runtime runs with its faster u8s8 kernels."""
 
     w_bits: int | tuple[int, ...]
     w_granularity: str = "per_channel"
@@ -106,6 +109,7 @@ class LayerQuant:
     lowrank: LowRankSpec | None = None
     a_range: str = "lp"
     smooth: bool = False
+    w_symmetric: bool = False
 
     def __post_init__(self):
         if isinstance(self.w_bits, list):
@@ -251,7 +255,9 @@ def default_recipe(bits: str, model: nn.Module, **overrides: Any) -> Recipe:
     main `LayerQuant` (e.g. `a_mode="per_step"`); the W8A8 layers keep a static input quantizer.
     """
     main = LayerQuant.parse(bits, **overrides)
-    edge = LayerQuant(w_bits=8, a_bits=8, w_range=main.w_range, a_range=main.a_range)
+    edge = LayerQuant(
+        w_bits=8, a_bits=8, w_range=main.w_range, a_range=main.a_range, w_symmetric=main.w_symmetric
+    )
     layers = _layers(model)
     modules = dict(model.named_modules())
     keep = [n for n, m in modules.items() if type(m).__name__ in _TIME_EMBEDDERS]

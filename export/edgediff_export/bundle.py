@@ -177,8 +177,10 @@ def _finish_weights(
 
         return symmetrize_int8(proto), {}
     from edgediff_export.passes.containers import narrow_weight_containers
+    from edgediff_export.passes.fold_weights import symmetrize_int8
 
     containers = narrow_weight_containers(proto, max_opset=profile.max_opset)
+    proto = symmetrize_int8(proto, exact_8bit_only=True)  # u8 -> s8 where exact (w_symmetric)
     # The exporter records value_info for initializers too; drop the stale (pre-narrowing) types.
     narrowed = set(containers) | {i.name for i in proto.graph.initializer}
     keep = [v for v in proto.graph.value_info if v.name not in narrowed]

@@ -414,7 +414,9 @@ def apply_plans(m: onnx.ModelProto, plans: list[_Plan]) -> dict[str, str]:
     return containers
 
 
-def symmetrize_int8(model: onnx.ModelProto, *, keep_int4: bool = False) -> onnx.ModelProto:
+def symmetrize_int8(
+    model: onnx.ModelProto, *, keep_int4: bool = False, exact_8bit_only: bool = False
+) -> onnx.ModelProto:
     """TensorRT form of constant weight DQs: codes ``q' = q - z`` with zero point 0 (METHODS.md 1.7).
 
     Exact for integer ``z``. Every constant-input DQ that is not already int8 with zero point 0 is
@@ -422,6 +424,11 @@ def symmetrize_int8(model: onnx.ModelProto, *, keep_int4: bool = False) -> onnx.
     ``q - z`` fits [-8, 7], TensorRT's INT4 weight-only form); the zero-point input is removed. A
     code outside int8 raises :class:`ExportError`. DQs on activations are left to
     :func:`edgediff_export.passes.placement.place_qdq` (``trt``). Returns a new model.
+
+    ``exact_8bit_only``: rewrite only uint8 weights whose ``q - z`` fits int8 and leave every other
+    DQ as it is (no error). The ``ort`` placement uses it so that weights quantized with a fixed
+    mid-range zero point (``LayerQuant(w_symmetric=True)``) reach ONNX Runtime as int8 with zero
+    point 0, its faster u8s8 kernels; asymmetric weights stay uint8.
     """
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -448,8 +455,12 @@ def symmetrize_int8(model: onnx.ModelProto, *, keep_int4: bool = False) -> onnx.
                 stale.add(zname)
                 del dq.input[2:]
             continue
+        if exact_8bit_only and et != TensorProto.UINT8:
+            continue
         axis, block = int(attr(dq, "axis", 1)), int(attr(dq, "block_size", 0))
         d = q - expand_param(z, q.shape, axis, block)
+        if exact_8bit_only and d.size and (d.min() < -128 or d.max() > 127):
+            continue
         target = TensorProto.INT8
         if keep_int4 and et in (TensorProto.INT4, TensorProto.UINT4, TensorProto.INT2, TensorProto.UINT2):
             if d.size == 0 or (d.min() >= -8 and d.max() <= 7):

@@ -6,9 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgediff.errors import EdgediffError
+from edgediff.quant.layers import QuantLinear
 from edgediff.quant.mixed import allocate_bits, kurtosis, top_channels
 from edgediff.quant.quantizers import ActQuantizer, WeightQuantizer
 from edgediff.quant.ranges import CLIP_RATIOS, LP_RATIOS, init_params, minmax_params
+from edgediff.quant.recipe import LayerQuant
 
 
 @settings(max_examples=20, deadline=None, database=None, derandomize=True)
@@ -117,3 +119,25 @@ def test_act_quantizer_needs_calibration_and_can_be_bypassed():
         ActQuantizer(8, "per_step")
     with pytest.raises(EdgediffError, match="unknown activation mode"):
         ActQuantizer(8, "per_token")
+
+
+@pytest.mark.parametrize("method", ["minmax", "lp"])
+@pytest.mark.parametrize("bits", [8, 4, 2, (8, 4, 3, 2)])
+def test_symmetric_weights_have_mid_zero_point_and_signed_codes(method, bits):
+    """`w_symmetric`: z = 2^(b-1) exactly, so q - z is a signed b-bit code (METHODS.md 1.7)."""
+    w = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    wq = WeightQuantizer(4, bits, symmetric=True)
+    wq.init_range(w, method)
+    b = wq.bits.long()
+    assert torch.equal(wq.zero_point.long(), 2 ** (b - 1))
+    d = wq.codes(w).long() - wq.zero_point.long()[:, None]
+    assert (d >= -(2 ** (b - 1))[:, None]).all() and (d <= (2 ** (b - 1) - 1)[:, None]).all()
+    if method == "minmax":  # the full symmetric range: every weight within one step of a level
+        err = (wq(w) - w).abs().amax(dim=1)
+        assert (err <= wq.scale.detach() * 1.01).all()
+
+
+def test_symmetric_flag_comes_from_the_recipe():
+    layer = QuantLinear(torch.randn(6, 5), None, LayerQuant(w_bits=8, a_bits=None, w_symmetric=True))
+    assert layer.weight_quant.symmetric and int(layer.weight_quant.zero_point[0]) == 128
+    assert LayerQuant.from_dict(LayerQuant(w_bits=4, w_symmetric=True).to_dict()).w_symmetric

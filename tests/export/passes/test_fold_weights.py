@@ -167,6 +167,27 @@ def test_symmetrize_keep_int4_and_out_of_range_error():
     bad = make_model(nodes, [vi("x", [1, 1])], [vi("y", [1, 2])], inits)
     with pytest.raises(ExportError, match=r"wq: symmetric codes .* outside int8"):
         symmetrize_int8(bad)
+    assert symmetrize_int8(bad, exact_8bit_only=True).graph.initializer[0].data_type == TensorProto.UINT8
+
+
+def test_exact_8bit_only_converts_mid_zero_point_uint8_to_int8():
+    """uint8 codes with z = 128 (a `w_symmetric` quantizer) become int8 with zero point 0, exactly."""
+    rng = np.random.default_rng(14)
+    inits = [
+        numpy_helper.from_array(rng.integers(0, 256, (4, 8)).astype(np.uint8), "wq"),
+        numpy_helper.from_array(rng.uniform(0.1, 1, 8).astype(np.float32), "s"),
+        numpy_helper.from_array(np.full(8, 128, np.uint8), "z"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w"], axis=1),
+        helper.make_node("MatMul", ["x", "w"], ["y"]),
+    ]
+    model = make_model(nodes, [vi("x", [2, 4])], [vi("y", [2, 8])], inits)
+    sym = symmetrize_int8(model, exact_8bit_only=True)
+    assert _types(sym)["wq"] == TensorProto.INT8
+    assert all(len(n.input) == 2 for n in sym.graph.node if n.op_type == "DequantizeLinear")
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(run(sym, {"x": x})[0], run(model, {"x": x})[0])
 
 
 def test_opset_upgrade_keeps_edgediff_functions():
