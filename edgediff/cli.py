@@ -126,6 +126,10 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_quantize)
 
+    from edgediff.distill.cli import add_distill_command
+
+    add_distill_command(sub)
+
 
 def run_command(args: argparse.Namespace, handled: tuple[type[BaseException], ...] = ()) -> int:
     """Run a parsed command; user errors print one line (no traceback) and return their exit code."""

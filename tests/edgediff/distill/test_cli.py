@@ -1,0 +1,72 @@
+"""`edgediff distill`: bad input is a one-line error with exit code 2."""
+
+import argparse
+
+import pytest
+
+from edgediff.cli import add_train_commands, run_command
+from edgediff.distill.cli import budgets_from_args
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgediff")
+    add_train_commands(parser.add_subparsers(dest="cmd", required=True))
+    return parser
+
+
+def _run(argv: list[str]) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+    return run_command(args)
+
+
+BASE = ["distill", "--model", "reference", "--method", "pd"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--from-steps", "12"], "--from-steps must be a power of two"),
+        (["--to-steps", "0"], "--to-steps must be a power of two"),
+        (["--from-steps", "x"], "--from-steps must be an integer"),
+        (["--batch", "0"], "--batch must be at least 1"),
+    ],
+)
+def test_bad_arguments_exit_2_with_the_option_named(extra, message, tmp_path, capsys):
+    assert _run([*BASE, "--out", str(tmp_path / "o"), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--from-steps", "4", "--to-steps", "8"], "must be smaller than --from-steps"),
+        (["--from-steps", "8", "--to-steps", "8"], "must be smaller than --from-steps"),
+        (
+            ["--from-steps", "8", "--to-steps", "1", "--iterations", "5", "6"],
+            "one value or one per stage (3 stages",
+        ),
+    ],
+)
+def test_inconsistent_arguments_are_one_line_errors(extra, message, tmp_path, capsys):
+    assert _run([*BASE, "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_model_is_one_line(tmp_path, capsys):
+    argv = ["distill", "--model", str(tmp_path / "nope"), "--method", "rdd", "--out", str(tmp_path / "o")]
+    assert _run(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model folder not found" in err[0]
+
+
+def test_iterations_map_to_the_stages_first_stage_first():
+    args = _parser().parse_args([*BASE, "--out", "o", "--iterations", "10", "20", "30", "--from-steps", "8"])
+    budgets = budgets_from_args(args)
+    assert {n: b.iterations for n, b in budgets.items()} == {4: 10, 2: 20, 1: 30}
+    assert all(b.batch_size == 64 for b in budgets.values())
