@@ -52,7 +52,20 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(RESULTS_DIR / "quality.json"))
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/RESULTS.md")
+    ap.add_argument(
+        "--cells",
+        nargs="+",
+        metavar="BITS:METHOD",
+        help="run exactly these cells (e.g. W2A8:ptq W8A8:efficientdm) instead of --bits x --methods",
+    )
     args = ap.parse_args()
+    if args.cells:
+        try:
+            cells = [(c.split(":")[0].upper(), c.split(":")[1]) for c in args.cells]
+        except IndexError:
+            raise SystemExit("error: --cells takes BITS:METHOD pairs, e.g. W2A8:ptq") from None
+    else:
+        cells = [(b, m) for b in args.bits for m in args.methods]
     device = torch.device(args.device)
     fp, scheduler = load_pipeline_parts("reference")
     fp = fp.to(device).eval()
@@ -86,38 +99,37 @@ def main() -> None:
     )
     save()
     print("FP", [round(r["fd"], 2) for r in fp_scores], flush=True)
-    for bits in args.bits:
-        for method in args.methods:
-            t0 = time.perf_counter()
-            record = {}
-            if method == "ptq":
-                model, _ = run_ptq(fp, sched_cfg, bits, cfg=PTQConfig(calib_steps=args.steps), progress=False)
-                per_step = False
-            else:
-                cfg = EfficientDMConfig(
-                    num_steps=args.steps,
-                    trajectories=max(1, args.updates // args.steps),
-                    batch_size=args.batch,
-                )
-                model, _, record = run_efficientdm(fp, sched_cfg, bits, cfg=cfg, progress=False)
-                per_step = True
-            model = model.to(device).eval()
-            quant_seconds = time.perf_counter() - t0
-            scores = []
-            for seed in args.seeds:
-                images = sample(model, sched_cfg, args.samples, args.steps, seed, per_step)
-                scores.append(evaluate_samples(classifier, images, real, fp_samples[seed]).to_dict())
-            row = {
-                "bits": bits,
-                "method": method,
-                "quantize_seconds": quant_seconds,
-                "seconds": time.perf_counter() - t0,
-                "training": record,
-                "per_seed": scores,
-            }
-            result["rows"].append(row)
-            save()
-            print(bits, method, [(round(s["fd"], 1), round(s["paired_psnr"], 1)) for s in scores], flush=True)
+    for bits, method in cells:
+        t0 = time.perf_counter()
+        record = {}
+        if method == "ptq":
+            model, _ = run_ptq(fp, sched_cfg, bits, cfg=PTQConfig(calib_steps=args.steps), progress=False)
+            per_step = False
+        else:
+            cfg = EfficientDMConfig(
+                num_steps=args.steps,
+                trajectories=max(1, args.updates // args.steps),
+                batch_size=args.batch,
+            )
+            model, _, record = run_efficientdm(fp, sched_cfg, bits, cfg=cfg, progress=False)
+            per_step = True
+        model = model.to(device).eval()
+        quant_seconds = time.perf_counter() - t0
+        scores = []
+        for seed in args.seeds:
+            images = sample(model, sched_cfg, args.samples, args.steps, seed, per_step)
+            scores.append(evaluate_samples(classifier, images, real, fp_samples[seed]).to_dict())
+        row = {
+            "bits": bits,
+            "method": method,
+            "quantize_seconds": quant_seconds,
+            "seconds": time.perf_counter() - t0,
+            "training": record,
+            "per_seed": scores,
+        }
+        result["rows"].append(row)
+        save()
+        print(bits, method, [(round(s["fd"], 1), round(s["paired_psnr"], 1)) for s in scores], flush=True)
     if not args.no_docs:
         write_docs(result)
 
