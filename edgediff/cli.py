@@ -63,6 +63,36 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+_MPQ_FLAGS = {  # argparse dest -> (config field, value transform)
+    "smooth": ("smooth", None),
+    "omq": ("omq", lambda v: v == "on"),
+    "omq_range": ("omq_range", None),
+    "selection": ("selection", None),
+    "fp_islands": ("fp_islands", None),
+    "trd": ("trd", None),
+    "trd_detach": ("trd_detach", None),
+    "trd_mode": ("trd_mode", None),
+    "residual": ("residual", lambda v: v == "on"),
+    "residual_balance": ("residual_balance", None),
+    "lora_init": ("lora_init", None),
+    "lora_mode": ("lora_mode", None),
+    "lora_rank": ("additive_rank", None),
+    "oolri_iters": ("oolri_iters", None),
+    "mtrd": ("mtrd", None),
+    "mtrd_time": ("mtrd_time", None),
+}
+
+
+def quantize_options(args: argparse.Namespace) -> dict:
+    """The mpqdm/mpqdmv2 switches given on the command line, as config field -> value."""
+    out = {}
+    for dest, (name, fn) in _MPQ_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            out[name] = fn(value) if fn else value
+    return out
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from edgediff.methods import quantize_model
 
@@ -75,6 +105,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_steps=args.steps,
         updates=args.updates,
+        batch=args.batch,
+        options=quantize_options(args),
     )
     print(f"saved {args.out} ({meta['method']} {meta['bits']}, {meta['seconds']} s)")
     return 0
@@ -105,9 +137,11 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", help="write a sample grid PNG here (default: next to --json)")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("quantize", help="quantize a model (ptq | efficientdm) and save a quantized folder")
+    p = sub.add_parser(
+        "quantize", help="quantize a model (ptq | efficientdm | mpqdm | mpqdmv2) and save a quantized folder"
+    )
     p.add_argument("--model", required=True, help="'reference' or a local diffusers folder")
-    p.add_argument("--method", required=True, choices=["ptq", "efficientdm"])
+    p.add_argument("--method", required=True, choices=["ptq", "efficientdm", "mpqdm", "mpqdmv2"])
     p.add_argument("--bits", required=True, help="W<1-8>A<1-8|16>, e.g. W8A8, W4A8, W2A4")
     p.add_argument("--recipe", help="a recipe JSON file (overrides the default recipe for --bits)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
@@ -121,14 +155,38 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
         "--updates",
         type=positive_int("--updates"),
         default=None,
-        help="fine-tuning updates for efficientdm (default 1000)",
+        help="fine-tuning updates for efficientdm, mpqdm, mpqdmv2 (default 1000)",
     )
+    p.add_argument("--batch", type=positive_int("--batch"), default=None, help="fine-tuning batch (32)")
     p.add_argument("--seed", type=int, default=0)
+    _add_mpq_switches(p)
     p.set_defaults(func=_cmd_quantize)
 
     from edgediff.distill.cli import add_distill_command
 
     add_distill_command(sub)
+
+
+def _add_mpq_switches(p: argparse.ArgumentParser) -> None:
+    """Ablation switches of mpqdm / mpqdmv2 (docs/mpq.md); unset = the method's default."""
+    g = p.add_argument_group("mpqdm / mpqdmv2 switches (default: the method's own setting)")
+    g.add_argument("--no-smooth", dest="smooth", action="store_const", const=False, help="no pre-scaling δ")
+    g.add_argument("--omq", choices=["on", "off"], help="OMQ split search (mpqdm default on, mpqdmv2 off)")
+    g.add_argument("--no-omq", dest="omq", action="store_const", const="off", help="same as --omq off")
+    g.add_argument("--omq-range", choices=["paper", "code", "fixed"], help="split candidates (default paper)")
+    g.add_argument("--selection", choices=["kurtosis", "random", "error"], help="salient channel ranking")
+    g.add_argument("--no-fp-islands", dest="fp_islands", action="store_const", const=False)
+    g.add_argument("--no-trd", dest="trd", action="store_const", const=False, help="no TRD term")
+    g.add_argument("--trd-detach", action="store_const", const=True, help="released code: no TRD gradient")
+    g.add_argument("--trd-mode", choices=["target", "window"], help="METHODS.md 7.3 option b / a")
+    g.add_argument("--residual", choices=["on", "off"], help="mpqdmv2 FZ-RMQ binary residual")
+    g.add_argument("--residual-balance", action="store_const", const=True, help="mpqdmv2: k channels at b-1")
+    g.add_argument("--lora-init", choices=["zero", "svd"], help="mpqdmv2 OOLRI (svd) or zero init")
+    g.add_argument("--lora-mode", choices=["additive", "merged"], help="mpqdmv2 LoRA placement")
+    g.add_argument("--lora-rank", type=positive_int("--lora-rank"), help="mpqdmv2 additive LoRA rank")
+    g.add_argument("--oolri-iters", type=positive_int("--oolri-iters"), help="mpqdmv2 SVD alternations")
+    g.add_argument("--no-mtrd", dest="mtrd", action="store_const", const=False, help="mpqdmv2: no MTRD")
+    g.add_argument("--mtrd-time", choices=["none", "window", "weight"], help="mpqdmv2 time-aware queue")
 
 
 def run_command(args: argparse.Namespace, handled: tuple[type[BaseException], ...] = ()) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgediff.errors import EdgediffError
 
-METHODS = ("ptq", "efficientdm")
+METHODS = ("ptq", "efficientdm", "mpqdm", "mpqdmv2")
 
 
 def quantize_model(
@@ -24,14 +24,22 @@ def quantize_model(
     num_steps: int = 50,
     updates: int | None = None,
     progress: bool = True,
+    batch: int | None = None,
+    options: dict | None = None,
 ) -> dict:
-    """Run `method` at `bits` on the FP model folder (or 'reference'); write `out`; return its meta."""
+    """Run `method` at `bits` on the FP model folder (or 'reference'); write `out`; return its meta.
+
+    `options` are `MPQDMConfig` / `MPQDMv2Config` fields (the CLI's ablation switches); the
+    meta records the method's full configuration under `training.method_config`.
+    """
     from edgediff.quant import Recipe, parse_bits, save_quantized
     from edgediff.reference.model import load_pipeline_parts, resolve_model_path
 
     if method not in METHODS:
         raise EdgediffError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     parse_bits(bits)
+    options = dict(options or {})
+    _check_options(method, options)
     recipe = None
     if recipe_file is not None:
         path = Path(recipe_file)
@@ -53,8 +61,20 @@ def quantize_model(
         from edgediff.methods.efficientdm import EfficientDMConfig, run_efficientdm
 
         trajectories = max(1, (updates or 1000) // num_steps)
-        cfg = EfficientDMConfig(num_steps=num_steps, trajectories=trajectories, seed=seed)
-        qmodel, recipe, record = run_efficientdm(fp, sched_cfg, bits, recipe, cfg, progress)
+        extra = {"batch_size": batch} if batch else {}
+        base = EfficientDMConfig(num_steps=num_steps, trajectories=trajectories, seed=seed, **extra)
+        if method == "efficientdm":
+            qmodel, recipe, record = run_efficientdm(fp, sched_cfg, bits, recipe, base, progress)
+        elif method == "mpqdm":
+            from edgediff.methods.mpqdm import MPQDMConfig, run_mpqdm
+
+            cfg = MPQDMConfig(base=base, **options)
+            qmodel, recipe, record = run_mpqdm(fp, sched_cfg, bits, recipe, cfg, progress)
+        else:
+            from edgediff.methods.mpqdmv2 import MPQDMv2Config, run_mpqdmv2
+
+            cfg = MPQDMv2Config(base=base, **options)
+            qmodel, recipe, record = run_mpqdmv2(fp, sched_cfg, bits, recipe, cfg, progress)
     meta = {
         "method": method,
         "bits": bits.upper(),
@@ -68,3 +88,23 @@ def quantize_model(
     sched_cfg = {k: v for k, v in sched_cfg.items() if not k.startswith("_")}
     save_quantized(qmodel, recipe, out, base_config, sched_cfg, meta)
     return meta
+
+
+def _check_options(method: str, options: dict) -> None:
+    """Every option must be a field of the method's config (one-line error naming the first misfit)."""
+    if not options:
+        return
+    if method not in ("mpqdm", "mpqdmv2"):
+        raise EdgediffError(
+            f"option {next(iter(options))!r} applies to mpqdm/mpqdmv2 only; drop it for --method {method}"
+        )
+    from dataclasses import fields
+
+    from edgediff.methods.mpqdm import MPQDMConfig
+    from edgediff.methods.mpqdmv2 import MPQDMv2Config
+
+    cls = MPQDMConfig if method == "mpqdm" else MPQDMv2Config
+    names = {f.name for f in fields(cls)} - {"base"}
+    for key in options:
+        if key not in names:
+            raise EdgediffError(f"option {key!r} applies to mpqdmv2 only; use --method mpqdmv2 or drop it")

@@ -74,8 +74,15 @@ def finetune(
     checkpoint_dir: Path | None = None,
     progress: bool = True,
     description: str = "efficientdm",
+    groups: list[dict] | None = None,
+    on_step=None,
 ) -> dict:
-    """Distil `fp` into the quantized `model` along FP trajectories; returns the training record."""
+    """Distil `fp` into the quantized `model` along FP trajectories; returns the training record.
+
+    `extra_loss(step, x, t)` is added to the task loss after the quantized forward (forward
+    hooks on both models see the FP and quantized features of the same step); `groups`
+    replaces `param_groups(model, cfg)`; `on_step(update, model)` runs before every update.
+    """
     seed_everything(cfg.seed)
     for p in fp.parameters():
         p.requires_grad_(False)
@@ -92,11 +99,13 @@ def finetune(
             description=description,
             checkpoint_every=0,
         ),
-        param_groups=param_groups(model, cfg),
+        param_groups=groups if groups is not None else param_groups(model, cfg),
         checkpoint_dir=checkpoint_dir,
     )
 
-    def loss_fn(_: int) -> torch.Tensor:
+    def loss_fn(update: int) -> torch.Tensor:
+        if on_step is not None:
+            on_step(update, loop.model)
         step, x, t, target = stream.next()
         out = quant_forward(loop.model, x, t, step)
         loss = F.mse_loss(out, target)
@@ -106,6 +115,8 @@ def finetune(
 
     t0 = time.perf_counter()
     losses = loop.run(loss_fn)
+    if on_step is not None:
+        on_step(cfg.updates, loop.model)
     model.eval()
     return {
         "updates": cfg.updates,

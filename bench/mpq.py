@@ -1,0 +1,389 @@
+"""MPQ-DM / MPQ-DMv2 benchmark on the reference model (issue 6, METHODS.md 1.6, 2.3).
+
+Rows (same seeded noise for every row, paired with the FP samples of that seed): FP, `ptq`,
+`efficientdm`, MPQ-DM (OMQ only; OMQ + TRD; OMQ with random channel selection as the control),
+MPQ-DMv2 (FZ-RMQ; + OOLRI; + MTRD). Every fine-tuned row gets the same budget (`--updates`
+at `--batch`, one update per DDIM step along FP trajectories), recorded with its wall time.
+Scores: FD vs the real digits, paired PSNR and class agreement vs the FP samples.
+`--convergence` records the OOLRI claim: the task loss on a fixed held-out set of FP-trajectory
+inputs after 0/100/... updates with zero vs SVD LoRA init.
+
+Usage: `python -m bench.mpq --bits W2A4 --rows efficientdm mpqdm-omq --samples 1000 --updates 300`.
+Rows already in bench/results/mpq.json are replaced, others kept, so it runs in pieces; the JSON
+is written after every row, the docs section and figure after every row too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench._report import RESULTS_DIR, ROOT, host_info, markdown_table, update_results_section
+from edgediff.methods.mpqdm import bits_summary
+from edgediff.quant import quant_layers, set_step
+from edgediff.reference.classifier import load_classifier
+from edgediff.reference.data import load_digits16
+from edgediff.reference.grid import save_grid
+from edgediff.reference.metrics import classify, evaluate_samples
+from edgediff.reference.model import BUNDLED_CLASSIFIER, load_pipeline_parts
+from edgediff.sampling import ddim_sample, seeded_noise
+
+ROWS = [
+    "fp",
+    "ptq",
+    "efficientdm",
+    "mpqdm-omq",
+    "mpqdm-omq-trd",
+    "mpqdm-omq-random",
+    "mpqdmv2-fzrmq",
+    "mpqdmv2-oolri",
+    "mpqdmv2-full",
+]
+LABELS = {
+    "fp": "FP32",
+    "ptq": "ptq",
+    "efficientdm": "efficientdm",
+    "mpqdm-omq": "MPQ-DM: OMQ",
+    "mpqdm-omq-trd": "MPQ-DM: OMQ + TRD",
+    "mpqdm-omq-random": "MPQ-DM: OMQ, random channels (control)",
+    "mpqdmv2-fzrmq": "MPQ-DMv2: FZ-RMQ (+TRD)",
+    "mpqdmv2-oolri": "MPQ-DMv2: FZ-RMQ + OOLRI (+TRD)",
+    "mpqdmv2-full": "MPQ-DMv2: FZ-RMQ + OOLRI + MTRD (+TRD)",
+}
+GRID_N = 10
+FIGURES = ROOT / "docs" / "figures"
+
+
+def sample(model, sched_cfg, n: int, steps: int, seed: int, per_step: bool) -> torch.Tensor:
+    noise = seeded_noise(n, (1, 16, 16), seed)
+    hook = (lambda i: set_step(model, i)) if per_step else None
+    return ddim_sample(model, sched_cfg, noise, steps, set_step=hook, batch_size=1000).images
+
+
+def build_row(row: str, fp, sched_cfg, bits: str, args) -> tuple[torch.nn.Module, bool, dict]:
+    """Quantize (and fine-tune) the model of `row`; returns (model, per_step, record)."""
+    from edgediff.methods.efficientdm import EfficientDMConfig, run_efficientdm
+
+    base = EfficientDMConfig(
+        num_steps=args.steps, trajectories=max(1, args.updates // args.steps), batch_size=args.batch
+    )
+    if row == "ptq":
+        from edgediff.methods.ptq import PTQConfig, run_ptq
+
+        model, _ = run_ptq(fp, sched_cfg, bits, cfg=PTQConfig(calib_steps=args.steps), progress=False)
+        return model, False, {}
+    if row == "efficientdm":
+        model, _, record = run_efficientdm(fp, sched_cfg, bits, cfg=base, progress=False)
+        return model, True, record
+    if row.startswith("mpqdm-"):
+        from edgediff.methods.mpqdm import MPQDMConfig, run_mpqdm
+
+        opts = {
+            "mpqdm-omq": dict(trd=False),
+            "mpqdm-omq-trd": dict(),
+            "mpqdm-omq-random": dict(trd=False, selection="random"),
+        }[row]
+        model, _, record = run_mpqdm(fp, sched_cfg, bits, cfg=MPQDMConfig(base=base, **opts), progress=False)
+        return model, True, record
+    from edgediff.methods.mpqdmv2 import MPQDMv2Config, run_mpqdmv2
+
+    opts = {
+        "mpqdmv2-fzrmq": dict(lora_init="zero", lora_mode="merged", mtrd=False),
+        "mpqdmv2-oolri": dict(mtrd=False),
+        "mpqdmv2-full": dict(),
+    }[row]
+    model, _, record = run_mpqdmv2(fp, sched_cfg, bits, cfg=MPQDMv2Config(base=base, **opts), progress=False)
+    return model, True, record
+
+
+def _compact(record: dict) -> dict:
+    """Drop the per-layer search table from the JSON row (kept: its summary)."""
+    out = {k: v for k, v in record.items() if k != "split"}
+    split = record.get("split")
+    if split:
+        out["split_k_mean_fraction"] = float(np.mean([s["k"] / s["channels"] for s in split.values()]))
+        out["split_layers_mixed"] = sum(1 for s in split.values() if s["k"] > 0)
+        out["split_layers"] = len(split)
+    return out
+
+
+def fp_branch_params(model) -> int:
+    """FP parameters deployed next to the integer weights (additive LoRA factors, residual α)."""
+    n = 0
+    for layer in quant_layers(model).values():
+        if layer.lora is not None and layer.lora.mode == "additive":
+            n += layer.lora.A.numel() + layer.lora.B.numel()
+        if layer.residual is not None:
+            n += int(layer.residual.mask.sum())
+    return n
+
+
+def convergence(fp, sched_cfg, args) -> dict:
+    """OOLRI claim: held-out task loss after `args.conv_updates` updates, zero vs SVD init (W2A4)."""
+    from edgediff.methods.efficientdm import EfficientDMConfig
+    from edgediff.methods.mpqdmv2 import MPQDMv2Config, run_mpqdmv2
+    from edgediff.quant import collect_calibration
+
+    held = collect_calibration(fp, sched_cfg, num_samples=16, num_steps=args.steps, seed=1234)
+    idx = torch.randperm(len(held), generator=torch.Generator().manual_seed(0))[:256]
+    x, t, step = held.x[idx], held.t[idx], held.step[idx]
+    with torch.no_grad():
+        target = torch.cat([fp(x[i : i + 64], t[i : i + 64]).sample for i in range(0, len(x), 64)])
+    total = max(args.conv_updates)
+    out = {"bits": args.conv_bits, "updates": args.conv_updates, "held_out_inputs": len(x), "runs": {}}
+    for init in ("zero", "svd"):
+        losses: dict[int, float] = {}
+
+        @torch.no_grad()
+        def probe(update: int, model, losses=losses) -> None:
+            if update not in args.conv_updates or update in losses:
+                return
+            was = model.training
+            model.eval()
+            err = 0.0
+            for s in torch.unique(step).tolist():
+                sel = step == s
+                set_step(model, int(s))
+                err += float((model(x[sel], t[sel]).sample - target[sel]).pow(2).sum())
+            losses[update] = err / target.numel()
+            model.train(was)
+
+        base = EfficientDMConfig(
+            num_steps=args.steps, trajectories=max(1, total // args.steps), batch_size=args.batch
+        )
+        cfg = MPQDMv2Config(base=base, lora_init=init, lora_mode="additive")
+        t0 = time.perf_counter()
+        _, _, record = run_mpqdmv2(fp, sched_cfg, args.conv_bits, cfg=cfg, progress=False, on_step=probe)
+        out["runs"][init] = {
+            "loss": {str(k): v for k, v in sorted(losses.items())},
+            "seconds": round(time.perf_counter() - t0, 1),
+            "finetune_seconds": record.get("seconds"),
+        }
+        print("convergence", init, out["runs"][init]["loss"], flush=True)
+    if total % args.steps:
+        out["note"] = f"updates rounded down to whole {args.steps}-step trajectories"
+    return out
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
+
+
+def write_docs(result: dict) -> None:
+    """Table of every (bits, row), missing cells marked, the figure, and the convergence record."""
+    seeds = result["seeds"]
+    by_key = {(r["bits"], r["row"]): r for r in result["rows"]}
+    bits_list = [b for b in result.get("bits_order", []) if any(k[0] == b for k in by_key)]
+    rows = []
+    for bits in bits_list:
+        for name in ROWS:
+            r = by_key.get((bits, name)) or (by_key.get(("FP32", "fp")) if name == "fp" else None)
+            if name == "fp" and bits != bits_list[0]:
+                continue
+            if r is None:
+                rows.append([bits, LABELS[name], *["not run"] * (len(seeds) + 7)])
+                continue
+            fds = [s["fd"] for s in r["per_seed"]]
+            psnr = [s.get("paired_psnr") for s in r["per_seed"]]
+            agree = [s.get("label_agree") for s in r["per_seed"]]
+            tr = r.get("training") or {}
+            rows.append(
+                [
+                    r["bits"],
+                    LABELS[name],
+                    *[f"{v:.1f}" for v in fds],
+                    _mean_sd(fds),
+                    "-" if psnr[0] is None else f"{np.mean(psnr):.1f}",
+                    "-" if agree[0] is None else f"{np.mean(agree):.3f}",
+                    f"{tr['updates']} x {tr['config']['batch_size']}" if tr.get("updates") else "0",
+                    f"{tr['seconds']:.0f}" if tr.get("seconds") else "-",
+                    f"{r.get('mean_weight_bits', float('nan')):.2f}" if "mean_weight_bits" in r else "-",
+                    str(r.get("fp_branch_params", 0)),
+                    f"{r['seconds']:.0f}",
+                ]
+            )
+    header = [
+        "bits",
+        "method",
+        *[f"FD seed {s}" for s in seeds],
+        "FD mean ± sd",
+        "paired PSNR dB",
+        "class agree",
+        "fine-tune updates x batch",
+        "fine-tune s",
+        "mean W bits",
+        "FP branch params",
+        "row s",
+    ]
+    parts = [
+        f"### MPQ-DM / MPQ-DMv2 (`python -m bench.mpq`, {result['samples']} samples per seed, "
+        f"{result['steps']} DDIM steps, seeds {seeds}, {result['host']['machine']} CPU, one thread)\n",
+        markdown_table(header, rows),
+        "",
+        result.get("note", ""),
+    ]
+    for bits in bits_list:
+        fig = FIGURES / f"mpq_samples_{bits.lower()}.png"
+        if fig.exists():
+            parts.append(
+                f"\nSamples at {bits} (rows top to bottom: the methods in table order that were run; "
+                f"seed 0, first {GRID_N} images): ![mpq {bits}](figures/{fig.name})"
+            )
+    conv = result.get("convergence")
+    if conv:
+        ups = conv["updates"]
+        crow = [
+            [init, *[f"{run['loss'].get(str(u), float('nan')):.4f}" for u in ups], f"{run['seconds']:.0f}"]
+            for init, run in conv["runs"].items()
+        ]
+        parts += [
+            f"\nOOLRI convergence ({conv['bits']}, MPQ-DMv2 full config, additive LoRA; task MSE on "
+            f"{conv['held_out_inputs']} held-out FP-trajectory inputs):\n",
+            markdown_table(["LoRA init", *[f"after {u} updates" for u in ups], "run s"], crow),
+            conv.get("note", ""),
+        ]
+    update_results_section("mpq", "\n".join(parts))
+
+
+def write_figure(result: dict, bits: str) -> None:
+    """One row of `GRID_N` seed-0 samples per method that was run at `bits` (FP first)."""
+    by_key = {(r["bits"], r["row"]): r for r in result["rows"]}
+    imgs = []
+    for name in ROWS:
+        r = by_key.get(("FP32", "fp")) if name == "fp" else by_key.get((bits, name))
+        if r is not None and r.get("grid"):
+            imgs.append(torch.tensor(r["grid"]).reshape(-1, 1, 16, 16))
+    if imgs:
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        save_grid(torch.cat(imgs), FIGURES / f"mpq_samples_{bits.lower()}.png", ncol=GRID_N)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bits", nargs="+", default=["W2A4"])
+    ap.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--updates", type=int, default=300, help="fine-tuning updates of every fine-tuned row")
+    ap.add_argument("--batch", type=int, default=32, help="fine-tuning batch")
+    ap.add_argument("--convergence", action="store_true", help="also record the OOLRI convergence")
+    ap.add_argument("--conv-updates", type=int, nargs="+", default=[0, 100, 300])
+    ap.add_argument("--conv-bits", default="W2A4")
+    ap.add_argument("--out", default=str(RESULTS_DIR / "mpq.json"))
+    ap.add_argument("--no-docs", action="store_true", help="do not update docs/RESULTS.md")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() else {"rows": []}
+    if result.get("rows") and (result.get("samples"), result.get("seeds"), result.get("steps")) != (
+        args.samples,
+        args.seeds,
+        args.steps,
+    ):
+        raise SystemExit(f"{out} holds rows at other samples/seeds/steps; use --out for a new file")
+    order = list(dict.fromkeys([*result.get("bits_order", []), *args.bits]))
+    order.sort(
+        key=lambda b: (
+            ["W2A4", "W4A4", "W3A4", "W3A6"].index(b) if b in ("W2A4", "W4A4", "W3A4", "W3A6") else 9
+        )
+    )
+    result.update(
+        host=host_info(),
+        samples=args.samples,
+        steps=args.steps,
+        seeds=args.seeds,
+        bits_order=order,
+        note=(
+            f"Deviation from issue 6: {args.samples} samples per seed instead of 2000 (2-core CPU budget). "
+            f"Every fine-tuned row: {args.updates} updates at batch {args.batch} along FP 50-step DDIM "
+            "trajectories, same seed. 'not run' cells were not measured."
+        ),
+    )
+
+    def save() -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(out)
+
+    fp, scheduler = load_pipeline_parts("reference")
+    fp = fp.eval()
+    sched_cfg = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    classifier = load_classifier(BUNDLED_CLASSIFIER)
+    real, _ = classify(classifier, load_digits16()[0])
+    fp_samples = {}
+    cache = Path("/tmp") / f"mpq_fp_{args.samples}_{args.steps}"
+    cache.mkdir(exist_ok=True)
+    for seed in args.seeds:
+        f = cache / f"seed{seed}.pt"
+        if f.is_file():
+            fp_samples[seed] = torch.load(f)
+        else:
+            fp_samples[seed] = sample(fp, sched_cfg, args.samples, args.steps, seed, per_step=False)
+            torch.save(fp_samples[seed], f)
+
+    def put(row: dict) -> None:
+        result["rows"] = [r for r in result["rows"] if (r["bits"], r["row"]) != (row["bits"], row["row"])]
+        result["rows"].append(row)
+        save()
+        if not args.no_docs:
+            for b in order:
+                write_figure(result, b)
+            write_docs(result)
+
+    if "fp" in args.rows:
+        t0 = time.perf_counter()
+        scores = [evaluate_samples(classifier, fp_samples[s], real).to_dict() for s in args.seeds]
+        grid = fp_samples[args.seeds[0]][:GRID_N].reshape(GRID_N, -1)
+        put(
+            {
+                "bits": "FP32",
+                "row": "fp",
+                "seconds": time.perf_counter() - t0,
+                "per_seed": scores,
+                "grid": [[round(v, 3) for v in r] for r in grid.tolist()],
+            }
+        )
+        print("FP", [round(s["fd"], 2) for s in scores], flush=True)
+    for bits in args.bits:
+        for name in [r for r in args.rows if r != "fp"]:
+            t0 = time.perf_counter()
+            model, per_step, record = build_row(name, fp, sched_cfg, bits, args)
+            model.eval()
+            quant_seconds = time.perf_counter() - t0
+            scores, first = [], None
+            for seed in args.seeds:
+                images = sample(model, sched_cfg, args.samples, args.steps, seed, per_step)
+                first = images[:GRID_N] if first is None else first
+                scores.append(evaluate_samples(classifier, images, real, fp_samples[seed]).to_dict())
+            record = _compact(record)
+            row = {
+                "bits": bits,
+                "row": name,
+                "quantize_seconds": quant_seconds,
+                "seconds": time.perf_counter() - t0,
+                "training": {k: v for k, v in record.items() if k not in ("mean_weight_bits",)},
+                "mean_weight_bits": bits_summary(model)["mean_weight_bits"],
+                "fp_branch_params": fp_branch_params(model),
+                "per_seed": scores,
+                "grid": [[round(v, 3) for v in r] for r in first.reshape(GRID_N, -1).tolist()],
+            }
+            put(row)
+            print(bits, name, [(round(s["fd"], 1), round(s["paired_psnr"], 1)) for s in scores], flush=True)
+    if args.convergence:
+        result["convergence"] = convergence(fp, sched_cfg, args)
+        save()
+        if not args.no_docs:
+            write_docs(result)
+
+
+if __name__ == "__main__":
+    main()
