@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ ROWS = [
     "mpqdm-omq",
     "mpqdm-omq-trd",
     "mpqdm-omq-random",
+    "mpqdm-omq-forced",
     "mpqdmv2-fzrmq",
     "mpqdmv2-oolri",
     "mpqdmv2-full",
@@ -51,6 +53,7 @@ LABELS = {
     "mpqdm-omq": "MPQ-DM: OMQ",
     "mpqdm-omq-trd": "MPQ-DM: OMQ + TRD",
     "mpqdm-omq-random": "MPQ-DM: OMQ, random channels (control)",
+    "mpqdm-omq-forced": "MPQ-DM: OMQ forced to k = C/10 (no search, ablation)",
     "mpqdmv2-fzrmq": "MPQ-DMv2: FZ-RMQ (+TRD)",
     "mpqdmv2-oolri": "MPQ-DMv2: FZ-RMQ + OOLRI (+TRD)",
     "mpqdmv2-full": "MPQ-DMv2: FZ-RMQ + OOLRI + MTRD (+TRD)",
@@ -87,6 +90,7 @@ def build_row(row: str, fp, sched_cfg, bits: str, args) -> tuple[torch.nn.Module
             "mpqdm-omq": dict(trd=False),
             "mpqdm-omq-trd": dict(),
             "mpqdm-omq-random": dict(trd=False, selection="random"),
+            "mpqdm-omq-forced": dict(trd=False, omq_range="fixed"),
         }[row]
         model, _, record = run_mpqdm(fp, sched_cfg, bits, cfg=MPQDMConfig(base=base, **opts), progress=False)
         return model, True, record
@@ -188,7 +192,7 @@ def write_docs(result: dict) -> None:
             if name == "fp" and bits != bits_list[0]:
                 continue
             if r is None:
-                rows.append([bits, LABELS[name], *["not run"] * (len(seeds) + 7)])
+                rows.append([bits, LABELS[name], *["not run"] * (len(seeds) + 9)])
                 continue
             fds = [s["fd"] for s in r["per_seed"]]
             psnr = [s.get("paired_psnr") for s in r["per_seed"]]
@@ -303,14 +307,27 @@ def main() -> None:
         bits_order=order,
         note=(
             f"Deviation from issue 6: {args.samples} samples per seed instead of 2000 (2-core CPU budget). "
-            f"Every fine-tuned row: {args.updates} updates at batch {args.batch} along FP 50-step DDIM "
-            "trajectories, same seed. 'not run' cells were not measured."
+            f"Every fine-tuned row: {args.updates} updates at batch {args.batch} along FP {args.steps}-step "
+            "DDIM trajectories, same seed. 'not run' cells were not measured."
         ),
     )
 
+    produced: dict[tuple[str, str], dict] = {}
+
     def save() -> None:
+        """Merge with the file on disk (another piece may run at the same time), ours win, write."""
+        disk = json.loads(out.read_text()) if out.is_file() else {}
+        rows = {(r["bits"], r["row"]): r for r in disk.get("rows", [])} | produced
+        rank = {name: i for i, name in enumerate(ROWS)}
+        result["rows"] = sorted(
+            rows.values(),
+            key=lambda r: (order.index(r["bits"]) if r["bits"] in order else -1, rank[r["row"]]),
+        )
+        result["bits_order"] = list(dict.fromkeys([*disk.get("bits_order", []), *order]))
+        if "convergence" not in result and "convergence" in disk:
+            result["convergence"] = disk["convergence"]
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(out)
 
@@ -331,11 +348,10 @@ def main() -> None:
             torch.save(fp_samples[seed], f)
 
     def put(row: dict) -> None:
-        result["rows"] = [r for r in result["rows"] if (r["bits"], r["row"]) != (row["bits"], row["row"])]
-        result["rows"].append(row)
+        produced[(row["bits"], row["row"])] = row
         save()
         if not args.no_docs:
-            for b in order:
+            for b in result["bits_order"]:
                 write_figure(result, b)
             write_docs(result)
 
