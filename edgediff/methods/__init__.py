@@ -26,11 +26,14 @@ def quantize_model(
     progress: bool = True,
     batch: int | None = None,
     options: dict | None = None,
+    symmetric_weights: bool = False,
 ) -> dict:
     """Run `method` at `bits` on the FP model folder (or 'reference'); write `out`; return its meta.
 
     `options` are `MPQDMConfig` / `MPQDMv2Config` fields (the CLI's ablation switches); the
     meta records the method's full configuration under `training.method_config`.
+    `symmetric_weights` (ptq, efficientdm) sets `w_symmetric` on every layer of the recipe, so the
+    ONNX export ships int8 weights with zero point 0 (ONNX Runtime's faster u8s8 kernels).
     """
     from edgediff.quant import Recipe, parse_bits, save_quantized
     from edgediff.reference.model import load_pipeline_parts, resolve_model_path
@@ -40,6 +43,10 @@ def quantize_model(
     parse_bits(bits)
     options = dict(options or {})
     _check_options(method, options)
+    if symmetric_weights and method not in ("ptq", "efficientdm"):
+        raise EdgediffError(
+            f"--symmetric-weights applies to ptq and efficientdm; for {method} set w_symmetric in a --recipe"
+        )
     recipe = None
     if recipe_file is not None:
         path = Path(recipe_file)
@@ -55,6 +62,10 @@ def quantize_model(
     record: dict = {}
     if method == "ptq":
         from edgediff.methods.ptq import PTQConfig, run_ptq
+        from edgediff.quant import default_recipe
+
+        if symmetric_weights:
+            recipe = (recipe or default_recipe(bits, fp, a_mode=PTQConfig().a_mode)).with_symmetric_weights()
 
         qmodel, recipe = run_ptq(fp, sched_cfg, bits, recipe, PTQConfig(seed=seed), num_steps, progress)
     else:
@@ -64,6 +75,10 @@ def quantize_model(
         extra = {"batch_size": batch} if batch else {}
         base = EfficientDMConfig(num_steps=num_steps, trajectories=trajectories, seed=seed, **extra)
         if method == "efficientdm":
+            if symmetric_weights:
+                from edgediff.methods.efficientdm import efficientdm_recipe
+
+                recipe = (recipe or efficientdm_recipe(bits, fp, base)).with_symmetric_weights()
             qmodel, recipe, record = run_efficientdm(fp, sched_cfg, bits, recipe, base, progress)
         elif method == "mpqdm":
             from edgediff.methods.mpqdm import MPQDMConfig, run_mpqdm

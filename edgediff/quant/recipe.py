@@ -204,6 +204,11 @@ class Recipe:
     def with_name(self, name: str) -> Recipe:
         return replace(self, name=name)
 
+    def with_symmetric_weights(self) -> Recipe:
+        """The same rules with `w_symmetric=True` on every quantized layer (METHODS.md 1.7)."""
+        rules = tuple((p, None if q is None else replace(q, w_symmetric=True)) for p, q in self.rules)
+        return replace(self, rules=rules, name=f"{self.name}-symw")
+
     def to_dict(self) -> dict:
         return {
             "format": RECIPE_FORMAT,

@@ -56,3 +56,13 @@ def test_help_everywhere(args, capsys):
         main([*args, "--help"])
     assert exc.value.code == 0
     assert "usage:" in capsys.readouterr().out
+
+
+def test_symmetric_weights_flag_is_for_ptq_and_efficientdm(tmp_path, capsys):
+    code = main(
+        ["quantize", "--model", "reference", "--method", "mpqdm", "--bits", "W4A8"]
+        + ["--symmetric-weights", "--out", str(tmp_path / "q")]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--symmetric-weights applies to ptq and efficientdm" in err[0]
+    assert not (tmp_path / "q").exists()

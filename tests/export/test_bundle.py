@@ -149,16 +149,15 @@ def test_2bit_weights_ship_in_uint2_and_run_with_constant_folding_off(folders):
     assert (out / "model.onnx").stat().st_size < (w4 / "model.onnx").stat().st_size
 
 
-def test_symmetric_weights_export_as_int8_and_keep_parity(folders, tmp_path):
-    """`w_symmetric` recipes: the ort bundle's 8-bit weights are int8 with zero point 0 (u8s8 path)."""
+def test_symmetric_weights_export_as_int8_and_keep_parity(folders):
+    """`--symmetric-weights`: the ort bundle's 8-bit weights are int8 with zero point 0 (u8s8 path)."""
     import onnx
 
-    from edgediff.quant import default_recipe
-
-    recipe = default_recipe("W8A8", tiny_unet(), w_symmetric=True)
-    (tmp_path / "sym.json").write_text(recipe.to_json())
     q = folders / "q-sym"
-    quantize_model(folders / "fp", "ptq", "W8A8", q, tmp_path / "sym.json", num_steps=STEPS, progress=False)
+    meta = quantize_model(
+        folders / "fp", "ptq", "W8A8", q, num_steps=STEPS, progress=False, symmetric_weights=True
+    )
+    assert meta["bits"] == "W8A8" and '"w_symmetric": true' in (q / "recipe.json").read_text()
     out = export_bundle(q, folders / "w8a8-sym.edgediff", OPTS, progress=False)
     model = onnx.load(str(out / "model.onnx"))
     weights = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}

@@ -143,3 +143,10 @@ def test_default_recipe_reaches_every_layer(build, eight):
         bits[n] == (3, 6) for n in bits if n.endswith("to_k")
     )
     assert Recipe.from_json(recipe.to_json()) == recipe
+
+
+def test_with_symmetric_weights_sets_every_quantized_rule():
+    recipe = Recipe(rules=(("conv_in", None), ("*", LayerQuant.parse("W4A8"))), name="r")
+    sym = recipe.with_symmetric_weights()
+    assert sym.rules[0][1] is None and sym.rules[1][1].w_symmetric and sym.name == "r-symw"
+    assert Recipe.from_json(sym.to_json()) == sym
