@@ -165,3 +165,23 @@ def test_symmetric_weights_export_as_int8_and_keep_parity(folders):
     assert onnx.TensorProto.INT8 in types and onnx.TensorProto.UINT8 not in types
     bundle = load_bundle(out)
     assert run_parity(bundle, open_backend("ort", bundle.model_path))["passed"]
+
+
+def test_mpqdmv2_w2a4_bundle_has_residual_nodes_and_passes_parity(folders):
+    """Issue 6 point 5: an MPQ-DMv2 model (binary residual, OOLRI additive LoRA, per-step scales,
+    pre-scaling) exports with the custom residual node and replays within its tolerances."""
+    import onnx
+
+    q = folders / "q-mpqdmv2"
+    quantize_model(
+        folders / "fp", "mpqdmv2", "W2A4", q, num_steps=STEPS, updates=STEPS, batch=2, progress=False
+    )
+    out = export_bundle(q, folders / "mpqdmv2.edgediff", OPTS, progress=False)
+    bundle = load_bundle(out, verify=True)
+    assert any(c.name.startswith("ResidualBinary") for c in bundle.manifest.onnx.custom_ops)
+    model = onnx.load(str(out / "model.onnx"))
+    assert any(n.domain == "edgediff" for n in model.graph.node)
+    backend = open_backend(
+        "ort", bundle.model_path, disabled_optimizers=bundle.manifest.onnx.ort_disabled_optimizers
+    )
+    assert run_parity(bundle, backend)["passed"]
