@@ -324,8 +324,11 @@ def main() -> None:
             key=lambda r: (order.index(r["bits"]) if r["bits"] in order else -1, rank[r["row"]]),
         )
         result["bits_order"] = list(dict.fromkeys([*disk.get("bits_order", []), *order]))
+        side = out.with_name(out.stem + "_convergence.json")
         if "convergence" not in result and "convergence" in disk:
             result["convergence"] = disk["convergence"]
+        elif "convergence" not in result and side.is_file():
+            result["convergence"] = json.loads(side.read_text())
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(result, indent=2) + "\n")
@@ -396,6 +399,9 @@ def main() -> None:
             print(bits, name, [(round(s["fd"], 1), round(s["paired_psnr"], 1)) for s in scores], flush=True)
     if args.convergence:
         result["convergence"] = convergence(fp, sched_cfg, args)
+        out.with_name(out.stem + "_convergence.json").write_text(
+            json.dumps(result["convergence"], indent=2) + "\n"
+        )
         save()
         if not args.no_docs:
             write_docs(result)
