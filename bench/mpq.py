@@ -174,6 +174,13 @@ def convergence(fp, sched_cfg, args) -> dict:
     return out
 
 
+def _mixed(training: dict) -> str:
+    """`mixed/searched` layers of the OMQ / FZ-RMQ split search, '-' without a search."""
+    if "split_layers" not in training:
+        return "-"
+    return f"{training['split_layers_mixed']}/{training['split_layers']}"
+
+
 def _mean_sd(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1f}"
@@ -192,7 +199,7 @@ def write_docs(result: dict) -> None:
             if name == "fp" and bits != bits_list[0]:
                 continue
             if r is None:
-                rows.append([bits, LABELS[name], *["not run"] * (len(seeds) + 9)])
+                rows.append([bits, LABELS[name], *["not run"] * (len(seeds) + 10)])
                 continue
             fds = [s["fd"] for s in r["per_seed"]]
             psnr = [s.get("paired_psnr") for s in r["per_seed"]]
@@ -210,6 +217,7 @@ def write_docs(result: dict) -> None:
                     f"{tr['seconds']:.0f}" if tr.get("seconds") else "-",
                     f"{r.get('mean_weight_bits', float('nan')):.2f}" if "mean_weight_bits" in r else "-",
                     str(r.get("fp_branch_params", 0)),
+                    _mixed(tr),
                     f"{r['seconds']:.0f}",
                 ]
             )
@@ -224,6 +232,7 @@ def write_docs(result: dict) -> None:
         "fine-tune s",
         "mean W bits",
         "FP branch params",
+        "layers with k > 0",
         "row s",
     ]
     parts = [
@@ -232,6 +241,7 @@ def write_docs(result: dict) -> None:
         markdown_table(header, rows),
         "",
         result.get("note", ""),
+        "Analysis, the OMQ split statistics and what each switch does: docs/mpq.md.",
     ]
     for bits in bits_list:
         fig = FIGURES / f"mpq_samples_{bits.lower()}.png"
