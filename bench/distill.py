@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from bench._report import ROOT, host_info, markdown_table, update_results_section, write_json
-from edgediff.distill.run import StageBudget, distill
+from edgediff.distill.rdd import RDDConfig
+from edgediff.distill.run import StageBudget, distill, rdd_variant
 from edgediff.reference.classifier import load_classifier
 from edgediff.reference.data import load_digits16
 from edgediff.reference.grid import save_grid
@@ -38,7 +39,8 @@ COLORS = {"teacher-ddim": (90, 90, 90), "pd": (31, 119, 180), "rdd": (214, 39, 4
 
 
 def student_folder(models: Path, method: str, steps: int, rdd_from: int) -> Path:
-    kind = "rdd" if method == "rdd" and steps < rdd_from else "pd"
+    """`method` is "pd", "rdd" or a tagged RDD variant ("rdd+pd1"); stages above `rdd_from` are PD's."""
+    kind = method if method.startswith("rdd") and steps < rdd_from else "pd"
     return models / f"{kind}-{2 * steps}to{steps}"
 
 
@@ -56,6 +58,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--reference-steps", type=int, nargs="+", default=[50, 256])
     ap.add_argument("--seeds-256", type=int, nargs="+", default=None, help="seeds of the 256-step row")
+    ap.add_argument(
+        "--variant-pd-weight",
+        type=float,
+        default=None,
+        help="also train and score an RDD variant with the PD pixel term at this weight (labelled rdd+pdW), "
+        "after the reference rows",
+    )
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args()
     models = Path(args.models)
@@ -139,6 +148,23 @@ def main() -> None:
     if not args.no_docs:
         write_figures(result, grid_rows)
         write_docs(result)
+    if args.variant_pd_weight:
+        rdd = RDDConfig(weight_pd=args.variant_pd_weight)
+        method = f"rdd+{rdd_variant(rdd)}"
+        records = distill(
+            args.model, "rdd", args.from_steps, 1, models, budgets, rdd_from=args.rdd_from, rdd=rdd
+        )
+        for r in records:
+            result["stages"][r["stage"]] = {k: v for k, v in r.items() if k != "timesteps"}
+        for steps in FEW_STEPS:
+            folder = student_folder(models, method, steps, args.rdd_from)
+            unet, _ = load_pipeline_parts(folder)
+            run_row(method, steps, unet, args.seeds, str(folder))
+        result["orderings"] = orderings(result)
+        save()
+        if not args.no_docs:
+            write_figures(result, grid_rows)
+            write_docs(result)
 
 
 def _fds(result: dict, method: str, steps: int) -> list[float]:
@@ -179,12 +205,22 @@ def _mean(values: list[float]) -> str:
     return f"{np.mean(values):.1f} (spread {min(values):.1f}-{max(values):.1f})"
 
 
+def _r(values: list[float]) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
+
+
 def write_figures(result: dict, grid_rows: dict[str, torch.Tensor]) -> None:
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     draw_fd_figure(result, FIGURE)
     if grid_rows:
         keys = [k for k in grid_rows if k.split("@")[1] in ("1", "2", "4")]
-        keys.sort(key=lambda k: (int(k.split("@")[1]), ["teacher-ddim", "pd", "rdd"].index(k.split("@")[0])))
+        order = ["teacher-ddim", "pd", "rdd"]
+        keys.sort(
+            key=lambda k: (
+                int(k.split("@")[1]),
+                order.index(k.split("@")[0]) if k.split("@")[0] in order else 9,
+            )
+        )
         save_grid(torch.cat([grid_rows[k] for k in keys]), SAMPLES_FIGURE, ncol=16)
 
 
@@ -196,7 +232,8 @@ def draw_fd_figure(result: dict, out: Path, size: tuple[int, int] = (640, 420)) 
     left, right, top, bottom = 70, 150, 30, 50
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
-    series = {m: [(s, _fds(result, m, s)) for s in FEW_STEPS if _fds(result, m, s)] for m in COLORS}
+    methods = list(COLORS) + sorted({r["method"] for r in result["rows"]} - set(COLORS))
+    series = {m: [(s, _fds(result, m, s)) for s in FEW_STEPS if _fds(result, m, s)] for m in methods}
     refs = {s: _fds(result, "teacher-ddim", s) for s in (50, 256) if _fds(result, "teacher-ddim", s)}
     values = [v for pts in series.values() for _, fds in pts for v in fds]
     values += [v for f in refs.values() for v in f]
@@ -229,7 +266,7 @@ def draw_fd_figure(result: dict, out: Path, size: tuple[int, int] = (640, 420)) 
             d.line([x0, y, min(x0 + 6, w - right), y], fill=(120, 120, 120))
         d.text((w - right + 6, y - 6 + 13 * j), f"DDIM {s} steps: {np.mean(fds):.1f}", fill=(90, 90, 90))
     for i, (method, pts) in enumerate(series.items()):
-        color = COLORS[method]
+        color = COLORS.get(method, (44, 160, 44))
         xys = [xy(s, float(np.mean(f))) for s, f in pts]
         if len(xys) > 1:
             d.line(xys, fill=color, width=3)
@@ -288,13 +325,20 @@ def write_docs(result: dict) -> None:
         if key.startswith("rdd_below_pd"):
             lines.append(
                 f"- {key.replace('_', ' ')}: every seed {o['every_seed']}, beyond the seed spread "
-                f"{o['beyond_seed_spread']} (RDD {o['rdd']}, PD {o['pd']})."
+                f"{o['beyond_seed_spread']} (FD per seed: RDD {_r(o['rdd'])}, PD {_r(o['pd'])})."
             )
         else:
             lines.append(
                 f"- 4-step RDD vs teacher DDIM at 4 steps: teacher/RDD FD ratio {o['ratio_of_means']:.2f}, "
-                f"beyond the seed spread {o['beyond_seed_spread']}."
+                f"beyond the seed spread {o['beyond_seed_spread']} (FD per seed: RDD {_r(o['rdd'])}, "
+                f"DDIM {_r(o['teacher_ddim'])})."
             )
+    variants = sorted({r["method"] for r in result["rows"]} - {"teacher-ddim", "pd", "rdd"})
+    for v in variants:
+        lines.append(
+            f"- `{v}` is a labelled variant, not the released RDD command: RDD plus the PD pixel term "
+            f"(weight {v.split('+pd')[-1]}), same budget, its own 8->4->2->1 stages."
+        )
     fd_rows = "\n".join(lines)
     update_results_section(
         "distill",

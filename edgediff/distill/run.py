@@ -57,18 +57,33 @@ class Stage:
     method: str
     teacher_steps: int
     student_steps: int
+    variant: str = ""  # non-default RDD objective, e.g. "pd1" (PD pixel term weight 1)
 
     @property
     def name(self) -> str:
-        return f"{self.method}-{self.teacher_steps}to{self.student_steps}"
+        kind = f"{self.method}+{self.variant}" if self.variant else self.method
+        return f"{kind}-{self.teacher_steps}to{self.student_steps}"
+
+
+def rdd_variant(cfg: RDDConfig) -> str:
+    """Folder tag of a non-default RDD objective, so that variants never reuse each other's stages."""
+    parts = [f"pd{cfg.weight_pd:g}"] if cfg.weight_pd else []
+    if cfg.released_enqueue_reshape:
+        parts.append("released")
+    return "+".join(parts)
 
 
 def is_power_of_two(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
 
 
-def plan_stages(method: str, from_steps: int, to_steps: int, rdd_from: int = 8) -> list[Stage]:
-    """Halvings from `from_steps` down to `to_steps`; for `rdd`, PD until `rdd_from` steps."""
+def plan_stages(
+    method: str, from_steps: int, to_steps: int, rdd_from: int = 8, variant: str = ""
+) -> list[Stage]:
+    """Halvings from `from_steps` down to `to_steps`; for `rdd`, PD until `rdd_from` steps.
+
+    `variant` tags the RDD stages (see `rdd_variant`); PD stages are shared by every variant.
+    """
     if method not in METHODS:
         raise EdgediffError(f"unknown distillation method {method!r}: use pd or rdd")
     for name, n in (("--from-steps", from_steps), ("--to-steps", to_steps)):
@@ -78,8 +93,10 @@ def plan_stages(method: str, from_steps: int, to_steps: int, rdd_from: int = 8) 
         raise EdgediffError(f"--to-steps ({to_steps}) must be smaller than --from-steps ({from_steps})")
     stages, n = [], from_steps
     while n > to_steps:
-        kind = "rdd" if method == "rdd" and n <= rdd_from else "pd"
-        stages.append(Stage(kind, n, n // 2))
+        if method == "rdd" and n <= rdd_from:
+            stages.append(Stage("rdd", n, n // 2, variant))
+        else:
+            stages.append(Stage("pd", n, n // 2))
         n //= 2
     return stages
 
@@ -220,7 +237,7 @@ def distill(
     `budgets` maps the student step count of a stage to its `StageBudget` (one budget for all
     stages, or None for the default).
     """
-    stages = plan_stages(method, from_steps, to_steps, rdd_from)
+    stages = plan_stages(method, from_steps, to_steps, rdd_from, rdd_variant(rdd))
     out = Path(out)
     check_writable(out / "x")
     teacher, scheduler = load_pipeline_parts(model)

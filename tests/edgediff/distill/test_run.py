@@ -6,7 +6,8 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from edgediff.distill.run import Stage, StageBudget, distill, plan_stages, train_stage
+from edgediff.distill.rdd import RDDConfig
+from edgediff.distill.run import Stage, StageBudget, distill, plan_stages, rdd_variant, train_stage
 from edgediff.errors import EdgediffError
 from edgediff.reference.data import load_digits16
 from edgediff.reference.model import SCHEDULER_CONFIG, build_scheduler, load_pipeline_parts, save_pipeline
@@ -42,6 +43,10 @@ def test_plan_pd_and_rdd_share_the_stages_above_rdd_from():
     rdd = plan_stages("rdd", 32, 1, rdd_from=8)
     assert [s.name for s in pd] == ["pd-32to16", "pd-16to8", "pd-8to4", "pd-4to2", "pd-2to1"]
     assert [s.name for s in rdd] == ["pd-32to16", "pd-16to8", "rdd-8to4", "rdd-4to2", "rdd-2to1"]
+    variant = rdd_variant(RDDConfig(weight_pd=0.5, released_enqueue_reshape=True))
+    tagged = plan_stages("rdd", 8, 2, variant=variant)
+    assert [s.name for s in tagged] == ["rdd+pd0.5+released-8to4", "rdd+pd0.5+released-4to2"]
+    assert rdd_variant(RDDConfig()) == ""
 
 
 @pytest.mark.parametrize(
