@@ -61,21 +61,30 @@ def _backend(path: Path, threads: int):
 
 def _generate(bundle, backend, n: int, seed: int, steps: int, chunk: int = 500) -> torch.Tensor:
     noise = seeded_noise(n, tuple(bundle.manifest.model.sample_shape), seed).numpy()
-    out = [sample(bundle, backend, noise[i : i + chunk], steps).images for i in range(0, n, chunk)]
+    out = [sample(bundle, backend, noise[i : i + chunk], steps).final for i in range(0, n, chunk)]
     return torch.from_numpy(np.concatenate(out)).clamp(-1.0, 1.0)
 
 
-def _latency(runs: dict[str, tuple], rounds: int, batch: int) -> dict[str, float]:
-    """Median seconds per image of each `(bundle, backend, steps)`, interleaved round by round."""
+def _latency(runs: dict[str, tuple], rounds: int, batch: int, block_seconds: float = 1.0) -> dict[str, float]:
+    """Median seconds per image of each `(bundle, backend, steps)`, interleaved round by round.
+
+    Within a round every model runs for about `block_seconds` (a short sampler is repeated, a
+    long one runs once), so a 40 ms student and a 3 s teacher see the same load on a shared host.
+    """
     times: dict[str, list[float]] = {k: [] for k in runs}
     noise = np.random.default_rng(0).standard_normal((batch, 1, 16, 16), dtype=np.float32)
-    for bundle, backend, _ in runs.values():  # warm-up
-        sample(bundle, backend, noise[:1], 1)
+    reps = {}
+    for key, (bundle, backend, steps) in runs.items():  # warm-up and a first estimate
+        sample(bundle, backend, noise, steps)
+        t = time.perf_counter()
+        sample(bundle, backend, noise, steps)
+        reps[key] = max(1, round(block_seconds / (time.perf_counter() - t)))
     for _ in range(rounds):
         for key, (bundle, backend, steps) in runs.items():
             t = time.perf_counter()
-            sample(bundle, backend, noise, steps)
-            times[key].append((time.perf_counter() - t) / batch)
+            for _ in range(reps[key]):
+                sample(bundle, backend, noise, steps)
+            times[key].append((time.perf_counter() - t) / (reps[key] * batch))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -84,6 +93,12 @@ def main() -> None:
     ap.add_argument("--student", default=str(DEFAULT_STUDENT), help="a distilled diffusers folder")
     ap.add_argument("--student-steps", type=int, default=4)
     ap.add_argument("--bits", nargs="+", default=["W8A8", "W4A8"])
+    ap.add_argument(
+        "--symmetric-bits",
+        nargs="*",
+        default=["W8A8"],
+        help="settings quantized with --symmetric-weights (int8 ONNX weights, ORT's u8s8 kernels)",
+    )
     ap.add_argument("--work", default="/tmp/edgediff-distill-deploy")
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -107,10 +122,11 @@ def main() -> None:
         "student FP32": _bundle(student, work / "student-fp32.edgediff", steps, fp=True),
     }
     for bits in args.bits:
-        q = work / f"student-{bits.lower()}-ptq"
+        sym = bits.upper() in [b.upper() for b in args.symmetric_bits]
+        q = work / f"student-{bits.lower()}{'-symw' if sym else ''}-ptq"
         if not (q / "recipe.json").is_file():
-            quantize_model(student, "ptq", bits, q, num_steps=steps, progress=False)
-        bundles[f"student {bits}"] = _bundle(q, work / f"student-{bits.lower()}.edgediff", steps, fp=False)
+            quantize_model(student, "ptq", bits, q, num_steps=steps, progress=False, symmetric_weights=sym)
+        bundles[f"student {bits}"] = _bundle(q, work / f"{q.name}.edgediff", steps, fp=False)
     build_seconds = time.perf_counter() - t0
     opened = {k: _backend(p, args.threads) for k, p in bundles.items()}
 
@@ -133,7 +149,7 @@ def main() -> None:
     for batch in args.batches:
         runs = {f"teacher FP32 @{s}": (*opened["teacher FP32"], s) for s in TEACHER_STEPS}
         runs |= {f"{k} @{steps}": (*opened[k], steps) for k in opened if k.startswith("student")}
-        med = _latency(runs, args.rounds if batch == 1 else max(1, args.rounds // 2), batch)
+        med = _latency(runs, args.rounds, batch)
         latency[str(batch)] = {
             k: {
                 "seconds_per_image": v,
@@ -151,7 +167,8 @@ def main() -> None:
         "host": host_info(),
         "student": str(student),
         "student_steps": steps,
-        "quantization": "ptq (calibrated on the student's own 4-step trajectories)",
+        "quantization": "ptq (calibrated on the student's own trajectories); symmetric weights for "
+        + (", ".join(args.symmetric_bits) or "none"),
         "samples": args.samples,
         "seeds": args.seeds,
         "threads": args.threads,
@@ -220,7 +237,7 @@ def write_docs(result: dict) -> None:
         )
         + "\n\nEvery row runs through the same runtime (numpy sampler + ONNX Runtime); speed-ups are ratios "
         "of medians from interleaved rounds in one process. Student quantization: `ptq` calibrated on the "
-        "student's own trajectories.\n"
+        f"student's own trajectories; {result['quantization'].split('; ')[1]}.\n"
     )
     update_results_section("distill-deploy", md)
 
