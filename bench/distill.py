@@ -16,6 +16,7 @@ Usage: `python -m bench.distill [--samples 1000] [--seeds 0 1] [--iterations 100
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -65,8 +66,19 @@ def main() -> None:
         help="also train and score an RDD variant with the PD pixel term at this weight (labelled rdd+pdW), "
         "after the reference rows",
     )
+    ap.add_argument(
+        "--add-teacher-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="only add these seeds to the teacher rows of --reference-steps in an existing distill.json "
+        "(e.g. the 256-step row of a run that had time for seed 0 only), then rewrite the docs",
+    )
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args()
+    if args.add_teacher_seeds:
+        add_teacher_seeds(args.model, args.reference_steps, args.add_teacher_seeds, not args.no_docs)
+        return
     models = Path(args.models)
     students = [args.from_steps // 2 ** (i + 1) for i in range(5)]
     budgets = {n: StageBudget(iterations=it, batch_size=args.batch, lr=args.lr)
@@ -165,6 +177,37 @@ def main() -> None:
         if not args.no_docs:
             write_figures(result, grid_rows)
             write_docs(result)
+
+
+def add_teacher_seeds(model: str, steps_list: list[int], seeds: list[int], docs: bool) -> None:
+    """Sample the teacher for more seeds of existing reference rows (same noise rule as `main`)."""
+    path = ROOT / "bench" / "results" / "distill.json"
+    result = json.loads(path.read_text())
+    teacher, scheduler = load_pipeline_parts(model)
+    sched_cfg = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    classifier = load_classifier(BUNDLED_CLASSIFIER)
+    real, _ = classify(classifier, load_digits16()[0])
+    for steps in steps_list:
+        row = next((r for r in result["rows"] if r["method"] == "teacher-ddim" and r["steps"] == steps), None)
+        if row is None:
+            row = {"method": "teacher-ddim", "steps": steps, "model": str(model), "per_seed": []}
+            result["rows"].append(row)
+        for seed in seeds:
+            if any(s["seed"] == seed for s in row["per_seed"]):
+                continue
+            t = time.perf_counter()
+            noise = seeded_noise(result["samples"], (1, 16, 16), seed)
+            images = ddim_sample(teacher, sched_cfg, noise, steps).images
+            seconds = time.perf_counter() - t
+            score = evaluate_samples(classifier, images, real).to_dict()
+            row["per_seed"].append(
+                score | {"seed": seed, "sample_seconds": round(seconds, 1), "added_later": True}
+            )
+            write_json("distill", result)
+            print("teacher-ddim", steps, seed, round(score["fd"], 2), f"{seconds:.0f}s", flush=True)
+    if docs:
+        write_figures(result, {})
+        write_docs(result)
 
 
 def _fds(result: dict, method: str, steps: int) -> list[float]:
@@ -340,10 +383,11 @@ def write_docs(result: dict) -> None:
             f"(weight {v.split('+pd')[-1]}), same budget, its own 8->4->2->1 stages."
         )
     fd_rows = "\n".join(lines)
+    notes = "".join(f"{n}\n\n" for n in result.get("notes", []))
     update_results_section(
         "distill",
         f"### Step distillation: FD vs sampling steps (`python -m bench.distill`, "
-        f"{result['samples']} samples, seeds {seeds})\n\n{result['protocol_note']}\n\n"
+        f"{result['samples']} samples, seeds {seeds})\n\n{result['protocol_note']}\n\n{notes}"
         f"![FD vs steps](figures/distill_fd.png)\n\n{table}\n\n"
         f"Per-stage training (same budget for PD and RDD at every stage; RDD reuses the PD 32->16->8 "
         f"stages; 1 CPU thread, shared machine):\n\n{stages}\n\n"
