@@ -38,7 +38,8 @@ from edgediff_runtime.backends import open_backend
 from edgediff_runtime.bundle import load_bundle
 from edgediff_runtime.pipeline import sample
 
-DEFAULT_STUDENT = Path("distill-out/rdd/steps-4")
+#: where `python -m bench.distill` leaves the 4-step RDD student
+DEFAULT_STUDENT = Path(__file__).resolve().parents[1] / "scratch" / "distill" / "models" / "rdd-8to4"
 TEACHER_STEPS = (256, 50)
 
 
