@@ -174,6 +174,28 @@ def convergence(fp, sched_cfg, args) -> dict:
     return out
 
 
+def quantized_weight_counts() -> dict[str, int]:
+    """Weights in quantized layers of the reference model: default recipe vs MPQ (FP islands kept FP)."""
+    from edgediff.methods.mpqdm import fp_island_names
+
+    fp, _ = load_pipeline_parts("reference")
+    convs = {
+        n: m.weight.numel()
+        for n, m in fp.named_modules()
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+    }
+    islands = set(fp_island_names(fp))
+    return {"default": sum(convs.values()), "mpq": sum(v for n, v in convs.items() if n not in islands)}
+
+
+def _with_branches(row: dict, counts: dict[str, int]) -> str:
+    """Mean stored bits plus the FP branch (additive LoRA, α) at 16 bits, per quantized weight."""
+    if "mean_weight_bits" not in row:
+        return "-"
+    n = counts["mpq" if row["row"].startswith("mpqdm") else "default"]
+    return f"{row['mean_weight_bits'] + 16 * row.get('fp_branch_params', 0) / n:.2f}"
+
+
 def _mixed(training: dict) -> str:
     """`mixed/searched` layers of the OMQ / FZ-RMQ split search, '-' without a search."""
     if "split_layers" not in training:
@@ -192,6 +214,7 @@ def write_docs(result: dict) -> None:
     seeds = result["seeds"]
     by_key = {(r["bits"], r["row"]): r for r in result["rows"]}
     bits_list = [b for b in result.get("bits_order", []) if any(k[0] == b for k in by_key)]
+    counts = quantized_weight_counts()
     rows = []
     for bits in bits_list:
         for name in ROWS:
@@ -199,7 +222,7 @@ def write_docs(result: dict) -> None:
             if name == "fp" and bits != bits_list[0]:
                 continue
             if r is None:
-                rows.append([bits, LABELS[name], *["not run"] * (len(seeds) + 10)])
+                rows.append([bits, LABELS[name], *["not run"] * (len(seeds) + 11)])
                 continue
             fds = [s["fd"] for s in r["per_seed"]]
             psnr = [s.get("paired_psnr") for s in r["per_seed"]]
@@ -218,6 +241,7 @@ def write_docs(result: dict) -> None:
                     f"{r.get('mean_weight_bits', float('nan')):.2f}" if "mean_weight_bits" in r else "-",
                     str(r.get("fp_branch_params", 0)),
                     _mixed(tr),
+                    _with_branches(r, counts),
                     f"{r['seconds']:.0f}",
                 ]
             )
@@ -233,6 +257,7 @@ def write_docs(result: dict) -> None:
         "mean W bits",
         "FP branch params",
         "layers with k > 0",
+        "bits/weight incl. FP16 branches",
         "row s",
     ]
     parts = [
