@@ -86,6 +86,7 @@ def test_bad_choice_exits_2_naming_the_option(tmp_path, capsys):
     assert "--omq-range" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # ~1.5 min on 2 cores; tests/export/test_bundle.py runs mpqdmv2 end to end by default
 def test_quantize_mpqdmv2_end_to_end_records_the_config(tmp_path):
     out = tmp_path / "q"
     args = ["--method", "mpqdmv2", "--steps", "2", "--updates", "2", "--batch", "2", "--mtrd-time", "none"]
