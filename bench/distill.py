@@ -140,6 +140,14 @@ def main() -> None:
             save()
             print(method, steps, seed, round(score["fd"], 2), f"{seconds:.0f}s", flush=True)
 
+    def publish() -> None:
+        """Orderings, JSON and (unless --no-docs) figures and the RESULTS.md section, as they stand."""
+        result["orderings"] = orderings(result)
+        save()
+        if not args.no_docs:
+            write_figures(result, grid_rows)
+            write_docs(result)
+
     for steps in FEW_STEPS:
         run_row("teacher-ddim", steps, teacher, args.seeds, str(args.model))
     for method in ("pd", "rdd"):
@@ -147,19 +155,11 @@ def main() -> None:
             folder = student_folder(models, method, steps, args.rdd_from)
             unet, _ = load_pipeline_parts(folder)
             run_row(method, steps, unet, args.seeds, str(folder))
-    result["orderings"] = orderings(result)
-    save()
-    if not args.no_docs:
-        write_figures(result, grid_rows)
-        write_docs(result)
+    publish()
     for steps in args.reference_steps:
         seeds = args.seeds_256 if steps == 256 and args.seeds_256 else args.seeds
         run_row("teacher-ddim", steps, teacher, seeds, str(args.model))
-    result["orderings"] = orderings(result)
-    save()
-    if not args.no_docs:
-        write_figures(result, grid_rows)
-        write_docs(result)
+    publish()
     if args.variant_pd_weight:
         rdd = RDDConfig(weight_pd=args.variant_pd_weight)
         method = f"rdd+{rdd_variant(rdd)}"
@@ -172,11 +172,7 @@ def main() -> None:
             folder = student_folder(models, method, steps, args.rdd_from)
             unet, _ = load_pipeline_parts(folder)
             run_row(method, steps, unet, args.seeds, str(folder))
-        result["orderings"] = orderings(result)
-        save()
-        if not args.no_docs:
-            write_figures(result, grid_rows)
-            write_docs(result)
+        publish()
 
 
 def add_teacher_seeds(model: str, steps_list: list[int], seeds: list[int], docs: bool) -> None:
