@@ -18,17 +18,7 @@ from edgediff.distill.pd import (
 )
 from edgediff.reference.model import SCHEDULER_CONFIG
 from edgediff.sampling import ddim_sample, make_ddim
-
-TINY_UNET = dict(
-    sample_size=8,
-    in_channels=1,
-    out_channels=1,
-    layers_per_block=1,
-    block_out_channels=(8, 16),
-    down_block_types=("DownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "UpBlock2D"),
-    norm_num_groups=4,
-)
+from tests.edgediff.distill.tiny import TINY_UNET
 
 
 def tiny_unet(seed: int = 0) -> UNet2DModel:

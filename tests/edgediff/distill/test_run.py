@@ -12,17 +12,8 @@ from edgediff.errors import EdgediffError
 from edgediff.reference.data import load_digits16
 from edgediff.reference.model import SCHEDULER_CONFIG, build_scheduler, load_pipeline_parts, save_pipeline
 from edgediff.sampling import ddim_sample, seeded_noise
+from tests.edgediff.distill.tiny import TINY16
 
-TINY16 = dict(
-    sample_size=16,
-    in_channels=1,
-    out_channels=1,
-    layers_per_block=1,
-    block_out_channels=(8, 16),
-    down_block_types=("DownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "UpBlock2D"),
-    norm_num_groups=4,
-)
 TINY_BUDGET = StageBudget(iterations=3, batch_size=4, lr=1e-3)
 
 

@@ -24,15 +24,12 @@ from edgediff.quant import (
     LoRASpec,
     QuantConv2d,
     QuantLinear,
-    load_quantized,
     quant_disabled,
     quant_layers,
-    save_quantized,
-    set_step,
 )
 from edgediff.quant.mixed import kurtosis
 
-from .tiny import BASE, SCHED, tiny_unet
+from .tiny import BASE, SCHED, assert_round_trip_bit_exact, tiny_unet
 
 
 @pytest.fixture(scope="module")
@@ -259,15 +256,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     model, recipe, record = run_mpqdm(fp, SCHED, "W3A4", cfg=cfg, progress=False)
     assert record["updates"] == 3 and "trd_mean" in record
     assert record["method_config"]["omq_range"] == "fixed"
-    save_quantized(model, recipe, tmp_path / "q", dict(fp.config), SCHED, {"method": "mpqdm"})
-    loaded, recipe2, _, _ = load_quantized(tmp_path / "q")
-    assert recipe2 == recipe
-    x, t = torch.randn(2, 1, 8, 8), torch.tensor([100, 700])
-    with torch.no_grad():
-        for step in range(BASE.num_steps):
-            set_step(model, step)
-            set_step(loaded, step)
-            torch.testing.assert_close(loaded(x, t).sample, model(x, t).sample, rtol=0, atol=0)
+    assert_round_trip_bit_exact(model, recipe, fp, tmp_path / "q", "mpqdm", torch.tensor([100, 700]))
 
 
 def test_config_rejects_unknown_choices():

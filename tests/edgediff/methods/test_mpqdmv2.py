@@ -14,14 +14,11 @@ from edgediff.quant import (
     QuantConv2d,
     QuantLinear,
     ResidualSpec,
-    load_quantized,
     quant_layers,
-    save_quantized,
-    set_step,
 )
 from edgediff.quant.branches import lora_delta
 
-from .tiny import BASE, SCHED, tiny_unet
+from .tiny import BASE, SCHED, assert_round_trip_bit_exact, tiny_unet
 
 
 def _layer(kind: str, lq: LayerQuant, seed: int = 0):
@@ -155,12 +152,4 @@ def test_mpqdmv2_save_load_round_trip_is_bit_exact(tmp_path, opts):
             bits = layers[name].weight_quant.bits
             n_res = int(layers[name].residual.mask.sum()) if layers[name].residual is not None else 0
             assert n_res == s["k"] and int((bits == 1).sum()) == s["k"]
-    save_quantized(model, recipe, tmp_path / "q", dict(fp.config), SCHED, {"method": "mpqdmv2"})
-    loaded, recipe2, _, _ = load_quantized(tmp_path / "q")
-    assert recipe2 == recipe
-    x, t = torch.randn(2, 1, 8, 8), torch.tensor([50, 950])
-    with torch.no_grad():
-        for step in range(BASE.num_steps):
-            set_step(model, step)
-            set_step(loaded, step)
-            torch.testing.assert_close(loaded(x, t).sample, model(x, t).sample, rtol=0, atol=0)
+    assert_round_trip_bit_exact(model, recipe, fp, tmp_path / "q", "mpqdmv2", torch.tensor([50, 950]))

@@ -26,3 +26,18 @@ def tiny_unet(seed: int = 0) -> UNet2DModel:
         norm_num_groups=8,
         attention_head_dim=8,
     ).eval()
+
+
+def assert_round_trip_bit_exact(model, recipe, fp, folder, method: str, t: torch.Tensor) -> None:
+    """save_quantized -> load_quantized gives the same recipe and bit-identical outputs at every step."""
+    from edgediff.quant import load_quantized, save_quantized, set_step
+
+    save_quantized(model, recipe, folder, dict(fp.config), SCHED, {"method": method})
+    loaded, recipe2, _, _ = load_quantized(folder)
+    assert recipe2 == recipe
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        for step in range(BASE.num_steps):
+            set_step(model, step)
+            set_step(loaded, step)
+            torch.testing.assert_close(loaded(x, t).sample, model(x, t).sample, rtol=0, atol=0)
