@@ -141,7 +141,7 @@ def export_unet(
             torch_onnx_log.setLevel(level)
     proto = program.model_proto
     layer_outputs = layer_output_tensors(proto, names)
-    strip_node_metadata(proto)
+    strip_exporter_metadata(proto)
     custom_ops = _finish(proto, residual)
     return ExportResult(
         model=proto,
@@ -189,9 +189,17 @@ def layer_output_tensors(
     return found
 
 
-def strip_node_metadata(model: onnx.ModelProto) -> None:
-    """Drop the exporter's per-node metadata (stack traces, FX nodes) and intermediate value_info:
-    on a small model they are larger than the low-bit weights themselves."""
+EXPORTER_METADATA_PREFIX = "pkg.torch."
+
+
+def strip_exporter_metadata(model: onnx.ModelProto) -> None:
+    """Drop what the exporter records for debugging only: per-node metadata (stack traces, FX
+    nodes), the graph-level `pkg.torch.export.*` entries (the ExportedProgram's graph signature,
+    ~60 KB on the reference UNet) and intermediate value_info. On a small model they are larger
+    than the low-bit weights themselves; no runtime reads them."""
+    keep = [p for p in model.graph.metadata_props if not p.key.startswith(EXPORTER_METADATA_PREFIX)]
+    del model.graph.metadata_props[:]
+    model.graph.metadata_props.extend(keep)
     for node in model.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""

@@ -54,6 +54,14 @@ def test_fp_export_matches_pytorch_with_dynamic_batch(fp_model):
         assert np.abs(out - ref).max() < 1e-4
 
 
+def test_exporter_debug_metadata_is_stripped(fp_model):
+    """The graph signature, stack traces and intermediate shapes stay out of the bundle's bytes."""
+    model = export_unet(fp_model, SHAPE).model
+    assert not [p.key for p in model.graph.metadata_props if p.key.startswith("pkg.torch.")]
+    assert not [n.name for n in model.graph.node if n.metadata_props or n.doc_string]
+    assert not model.graph.value_info
+
+
 def test_w8a8_static_export_has_qdq_and_matches_fake_quant(fp_model):
     q = quantized(fp_model, "W8A8")
     result = export_unet(q, SHAPE)

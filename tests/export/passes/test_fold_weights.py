@@ -15,6 +15,7 @@ from edgediff_export.passes.fold_weights import (
     probe_2bit_details,
     probe_int2_support,
     symmetrize_int8,
+    upgrade_opset,
 )
 from tests.export.passes.graphs import conv_matmul_model, make_model, run, vi
 
@@ -216,3 +217,11 @@ def test_opset_upgrade_keeps_edgediff_functions():
     ]
     onnx.checker.check_model(res.model, full_check=True)
     np.testing.assert_array_equal(run(res.model, {"x": X})[0], run(model, {"x": X})[0])
+
+
+def test_opset_upgrade_leaves_no_intermediate_value_info():
+    """The version converter's shape inference results are not shipped (ORT re-infers them)."""
+    model = conv_matmul_model(np.random.default_rng(22), 4, "sym")
+    up = upgrade_opset(model, 25)
+    assert not up.graph.value_info
+    np.testing.assert_array_equal(run(up, {"x": X})[0], run(model, {"x": X})[0])
