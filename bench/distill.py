@@ -74,10 +74,21 @@ def main() -> None:
         help="only add these seeds to the teacher rows of --reference-steps in an existing distill.json "
         "(e.g. the 256-step row of a run that had time for seed 0 only), then rewrite the docs",
     )
+    ap.add_argument(
+        "--replace-teacher-rows",
+        action="store_true",
+        help="with --add-teacher-seeds: drop what those rows hold first (re-measure after a sampler fix)",
+    )
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args()
     if args.add_teacher_seeds:
-        add_teacher_seeds(args.model, args.reference_steps, args.add_teacher_seeds, not args.no_docs)
+        add_teacher_seeds(
+            args.model,
+            args.reference_steps,
+            args.add_teacher_seeds,
+            not args.no_docs,
+            args.replace_teacher_rows,
+        )
         return
     models = Path(args.models)
     students = [args.from_steps // 2 ** (i + 1) for i in range(5)]
@@ -175,8 +186,11 @@ def main() -> None:
         publish()
 
 
-def add_teacher_seeds(model: str, steps_list: list[int], seeds: list[int], docs: bool) -> None:
-    """Sample the teacher for more seeds of existing reference rows (same noise rule as `main`)."""
+def add_teacher_seeds(
+    model: str, steps_list: list[int], seeds: list[int], docs: bool, replace: bool = False
+) -> None:
+    """Sample the teacher for more seeds of existing reference rows (same noise rule as `main`);
+    `replace` first drops what those rows hold (e.g. after a sampler fix)."""
     path = ROOT / "bench" / "results" / "distill.json"
     result = json.loads(path.read_text())
     teacher, scheduler = load_pipeline_parts(model)
@@ -188,6 +202,8 @@ def add_teacher_seeds(model: str, steps_list: list[int], seeds: list[int], docs:
         if row is None:
             row = {"method": "teacher-ddim", "steps": steps, "model": str(model), "per_seed": []}
             result["rows"].append(row)
+        if replace:
+            row["per_seed"] = []
         for seed in seeds:
             if any(s["seed"] == seed for s in row["per_seed"]):
                 continue

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from edgediff.errors import EdgediffError
-from edgediff.sampling import DEFAULT_SPACING, make_ddim
+from edgediff.sampling import DEFAULT_SPACING, ddim_prev_timesteps, make_ddim
 
 
 def _view(a: Tensor, like: Tensor) -> Tensor:
@@ -59,7 +59,7 @@ def _grid(scheduler_config: dict, steps: int, spacing: str) -> tuple[Tensor, Ten
     ddim = make_ddim(scheduler_config, spacing)
     ddim.set_timesteps(steps)
     t = ddim.timesteps.clone().long()
-    prev = t - ddim.config.num_train_timesteps // steps
+    prev = torch.tensor(ddim_prev_timesteps(t.tolist()), dtype=torch.long)
     return t, prev, ddim.alphas_cumprod.clone()
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from edgediff.quant import set_step
-from edgediff.sampling import make_ddim
+from edgediff.sampling import ddim_prev_timesteps, ddim_step, make_ddim
 
 
 @dataclass
@@ -31,6 +31,7 @@ class TrajectoryStream:
         self._sched = make_ddim(self.scheduler_config)
         self._sched.set_timesteps(self.num_steps)
         self._timesteps = [int(t) for t in self._sched.timesteps]
+        self._prev = ddim_prev_timesteps(self._timesteps)
         self._gen = torch.Generator().manual_seed(self.seed)
         self._i = self.num_steps
         self._x: torch.Tensor | None = None
@@ -45,7 +46,7 @@ class TrajectoryStream:
         x = self._x
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=self.device)
         out = self.fp(x, tt).sample
-        self._x = self._sched.step(out, t, x, eta=self.eta).prev_sample
+        self._x = ddim_step(self._sched, out, t, self._prev[i], x, self.eta)
         self._i += 1
         return i, x, tt, out
 

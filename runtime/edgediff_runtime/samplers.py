@@ -109,7 +109,12 @@ class Sampler(abc.ABC):
 
 
 class DDIMSampler(Sampler):
-    """DDIM (Song et al. 2021, Eq. 12) as ``DDIMScheduler.step``: prev t = t - T // S, eta-scaled noise."""
+    """DDIM (Song et al. 2021, Eq. 12) as ``DDIMScheduler.step``, eta-scaled noise, to the next grid timestep.
+
+    Each step lands on ``timesteps[i+1]`` (alpha-bar = 1 after the last), as ``edgediff.sampling``
+    does. diffusers lands on ``t - T // S`` instead: the same point when S divides T, off the
+    trailing grid otherwise (16, 32, 256 steps of 1000), where its error accumulates.
+    """
 
     def __init__(self, spec: SamplerSpec, steps: int, rng: np.random.Generator | None = None) -> None:
         super().__init__(spec, steps, rng)
@@ -117,8 +122,9 @@ class DDIMSampler(Sampler):
         self.final_alpha_cumprod = F32(1.0) if spec.set_alpha_to_one else self.alphas_cumprod[0]
 
     def _prev_alpha(self, i: int) -> np.float32:
-        prev_t = int(self.timesteps[i]) - self.spec.num_train_timesteps // self.num_steps
-        return self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+        if i + 1 < self.num_steps:
+            return self.alphas_cumprod[int(self.timesteps[i + 1])]
+        return self.final_alpha_cumprod
 
     def step(
         self, model_output: np.ndarray, i: int, sample: np.ndarray, noise: np.ndarray | None = None
@@ -141,7 +147,7 @@ class X0FewStepSampler(DDIMSampler):
     x0 = clip(f(z_t, t), -1, 1) (v/epsilon outputs converted to x0 first),
     eps = (z_t - sqrt(a_t) x0) / sqrt(1 - a_t),  z_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps,
     where s is the next timestep in the list (alpha-bar = 1 after the last step, so z = x0).
-    Deterministic (eta is ignored); equals DDIM when T is a multiple of S with trailing spacing.
+    Deterministic (eta is ignored); equals eta-0 DDIM up to where eps is recomputed after clipping.
     """
 
     stochastic = False
@@ -149,11 +155,6 @@ class X0FewStepSampler(DDIMSampler):
     def __init__(self, spec: SamplerSpec, steps: int, rng: np.random.Generator | None = None) -> None:
         super().__init__(spec, steps, rng)
         self.stochastic = False
-
-    def _prev_alpha(self, i: int) -> np.float32:
-        if i + 1 < self.num_steps:
-            return self.alphas_cumprod[int(self.timesteps[i + 1])]
-        return self.final_alpha_cumprod
 
     def step(
         self, model_output: np.ndarray, i: int, sample: np.ndarray, noise: np.ndarray | None = None

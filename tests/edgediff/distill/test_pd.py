@@ -32,10 +32,10 @@ def test_trailing_grid_is_a_subset_of_the_doubled_grid(n):
     assert torch.equal(grid.teacher_t[0::2], grid.student_t)
     assert len(grid.student_t) == n and len(grid.teacher_t) == 2 * n
     assert int(grid.student_t[0]) == 999
-    # the last student step goes to alpha = 1; so does the teacher's up to a 32-step teacher (at 64
-    # steps the diffusers rule `t - 1000//64` lands on t = 0, alpha_0 = 0.99996)
-    assert (float(grid.alpha(grid.student_prev[-1:])) == 1.0) == (n <= 32)
-    assert (int(grid.teacher_prev[-1]) < 0) == (2 * n <= 32)
+    # every step lands on the next grid point (the last on alpha = 1), so the teacher's two steps
+    # end where the student's one step does
+    assert float(grid.alpha(grid.student_prev[-1:])) == 1.0 and int(grid.teacher_prev[-1]) < 0
+    assert torch.equal(grid.teacher_prev[1::2], grid.student_prev)
 
 
 def test_ddim_step_matches_diffusers_scheduler():
