@@ -113,7 +113,8 @@ def main() -> None:
 
 def write_docs(result: dict) -> None:
     profiles = result["ms_per_op_type"]
-    ops = sorted({k for p in profiles.values() for k in p}, key=lambda k: -max(p.get(k, 0) for p in profiles.values()))
+    slowest = {k: max(p.get(k, 0.0) for p in profiles.values()) for p in profiles.values() for k in p}
+    ops = sorted(slowest, key=lambda k: -slowest[k])
     rows = [[op, *[f"{p.get(op, 0):.1f}" for p in profiles.values()]] for op in ops[:14]]
     rows.append(["**all kernels**", *[f"{t:.1f}" for t in result["kernel_ms_total"].values()]])
     md = (
