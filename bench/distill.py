@@ -79,6 +79,13 @@ def main() -> None:
         action="store_true",
         help="with --add-teacher-seeds: drop what those rows hold first (re-measure after a sampler fix)",
     )
+    ap.add_argument(
+        "--reuse-reference-rows",
+        action="store_true",
+        help="copy the teacher rows at --reference-steps (and any other teacher row beyond 8 steps) and the "
+        "notes from the existing distill.json instead of sampling them again (the teacher and its sampler "
+        "must be unchanged since they were measured)",
+    )
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args()
     if args.add_teacher_seeds:
@@ -90,6 +97,7 @@ def main() -> None:
             args.replace_teacher_rows,
         )
         return
+    previous = _previous_reference_rows(args.model, args.samples) if args.reuse_reference_rows else None
     models = Path(args.models)
     students = [args.from_steps // 2 ** (i + 1) for i in range(5)]
     budgets = {n: StageBudget(iterations=it, batch_size=args.batch, lr=args.lr)
@@ -167,9 +175,15 @@ def main() -> None:
             unet, _ = load_pipeline_parts(folder)
             run_row(method, steps, unet, args.seeds, str(folder))
     publish()
-    for steps in args.reference_steps:
-        seeds = args.seeds_256 if steps == 256 and args.seeds_256 else args.seeds
-        run_row("teacher-ddim", steps, teacher, seeds, str(args.model))
+    if previous is not None:
+        rows, notes = previous
+        result["rows"] += rows
+        result["notes"] = notes
+        print("reused teacher rows at", [r["steps"] for r in rows], "steps", flush=True)
+    else:
+        for steps in args.reference_steps:
+            seeds = args.seeds_256 if steps == 256 and args.seeds_256 else args.seeds
+            run_row("teacher-ddim", steps, teacher, seeds, str(args.model))
     publish()
     if args.variant_pd_weight:
         rdd = RDDConfig(weight_pd=args.variant_pd_weight)
@@ -184,6 +198,27 @@ def main() -> None:
             unet, _ = load_pipeline_parts(folder)
             run_row(method, steps, unet, args.seeds, str(folder))
         publish()
+
+
+def _previous_reference_rows(model: str, samples: int) -> tuple[list[dict], list[str]]:
+    """The teacher rows beyond `FEW_STEPS` and the notes of the existing distill.json, marked as reused."""
+    path = ROOT / "bench" / "results" / "distill.json"
+    if not path.exists():
+        raise SystemExit(f"--reuse-reference-rows: {path} does not exist; run without the flag")
+    old = json.loads(path.read_text())
+    rows = [
+        r | {"reused_from_run_of": old["host"]["date"]}
+        for r in old["rows"]
+        if r["method"] == "teacher-ddim" and r["steps"] > max(FEW_STEPS) and r["model"] == str(model)
+    ]
+    if not rows:
+        raise SystemExit(f"--reuse-reference-rows: {path} has no teacher rows of {model}; drop the flag")
+    if old.get("samples") != samples:
+        raise SystemExit(
+            f"--reuse-reference-rows: {path} used {old.get('samples')} samples per seed, this run {samples}; "
+            "pass the same --samples or run without the flag"
+        )
+    return rows, list(old.get("notes", []))
 
 
 def add_teacher_seeds(

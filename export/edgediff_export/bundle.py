@@ -171,15 +171,17 @@ def check_memory_fit(profile: DeviceProfile, onnx_bytes: int) -> None:
 def _finish_weights(
     proto: onnx.ModelProto, placement: str, profile: DeviceProfile
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """Weight containers: smallest exact one ONNX Runtime runs (ort), symmetric int8 (trt)."""
+    """Weight containers: smallest exact one ONNX Runtime runs (ort; residual nodes' codes too), symmetric
+    int8 (trt)."""
     if placement == "trt":
         from edgediff_export.passes.fold_weights import symmetrize_int8
 
         return symmetrize_int8(proto), {}
-    from edgediff_export.passes.containers import narrow_weight_containers
+    from edgediff_export.passes.containers import narrow_residual_codes, narrow_weight_containers
     from edgediff_export.passes.fold_weights import symmetrize_int8
 
     containers = narrow_weight_containers(proto, max_opset=profile.max_opset)
+    containers |= narrow_residual_codes(proto, max_opset=profile.max_opset)
     proto = symmetrize_int8(proto, exact_8bit_only=True)  # u8 -> s8 where exact (w_symmetric)
     # The exporter records value_info for initializers too; drop the stale (pre-narrowing) types.
     narrowed = set(containers) | {i.name for i in proto.graph.initializer}

@@ -143,7 +143,7 @@ class ExportQuantLayer(nn.Module):
             self.register_buffer("lr_A", spec.lowrank.A.float().clone())
             self.register_buffer("lr_B", spec.lowrank.B.float().clone())
             self.register_buffer("lr_M", None if spec.lowrank.M is None else spec.lowrank.M.float().clone())
-        self.register_buffer("lora_delta", None if spec.lora is None else spec.lora.delta().float().clone())
+        self.lora_form = _register_lora(self, spec)
         self.act: ActExport | None = None
         if spec.act is not None:
             a = spec.act
@@ -204,8 +204,10 @@ class ExportQuantLayer(nn.Module):
     # -------------------------------------------------------------- weights and branches
 
     def _branches(self, xq: Tensor, y: Tensor) -> Tensor:
-        if self.lora_delta is not None:
+        if self.lora_form == "dense":
             y = y + self._op(xq, self.lora_delta, None)
+        elif self.lora_form == "factored":
+            y = y + self._lora_factored(xq)
         if self.has_lowrank:
             if self.kind == "linear":
                 y = y + lowrank_apply(xq, self.lr_A, self.lr_B, self.lr_M)
@@ -214,6 +216,22 @@ class ExportQuantLayer(nn.Module):
                 u = F.conv2d(xq, self.lr_A, None, stride, padding, dilation)
                 y = y + F.conv2d(u, self.lr_B.reshape(*self.lr_B.shape, 1, 1))
         return y
+
+    def _lora_factored(self, xq: Tensor) -> Tensor:
+        """`ΔW·x` from the rank-r factors (METHODS.md 6.7) without materialising ΔW.
+
+        Linear: `B·(A·x)`. Conv (per-tap factors): a 1x1 conv to r·T channels (A of every tap),
+        a depthwise conv whose one-hot kernels shift each tap's channels into place with the
+        layer's stride, padding and dilation, and a 1x1 conv with B of every tap. The 1x1 conv has
+        no bias, so padding after it equals padding before it: the result is `conv(x, ΔW)`.
+        """
+        if self.kind == "linear":
+            return F.linear(F.linear(xq, self.lora_A), self.lora_B)
+        stride, padding, dilation, _ = self.conv
+        u = F.conv2d(xq, self.lora_A)
+        if self.lora_shift is not None:
+            u = F.conv2d(u, self.lora_shift, None, stride, padding, dilation, groups=u.shape[1])
+        return F.conv2d(u, self.lora_B)
 
     def _op(self, x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
         if self.kind == "linear":
@@ -265,6 +283,48 @@ class ExportQuantLayer(nn.Module):
         if self.out_q:
             y = qdq(y, self.out_scale, self.out_zero, 0, 255)
         return y
+
+
+def _register_lora(layer: nn.Module, spec: QuantLayerSpec) -> str | None:
+    """Store the additive LoRA as the smaller of its factors and its dense ΔW; returns the form.
+
+    Factors cost `T·r·(Cin + Cout)` floats plus `r·T²` one-hot shift weights for a conv with T
+    kernel taps, against `Cout·Cin·T` for ΔW: at the reference model's rank 4 that is 4-8x fewer
+    on every 3x3 conv. Grouped convs keep ΔW.
+    """
+    for name in ("lora_delta", "lora_A", "lora_B", "lora_shift"):
+        layer.register_buffer(name, None)
+    if spec.lora is None:
+        return None
+    A, B = spec.lora.A.detach().float(), spec.lora.B.detach().float()
+    rank, cout, cin = A.shape[0], B.shape[0], A.shape[1]
+    taps = 1 if A.dim() == 2 else A.shape[2] * A.shape[3]
+    shift_needed = A.dim() == 4 and (
+        taps > 1 or any(s != 1 for s in spec.stride or (1,)) or any(p != 0 for p in _pads(spec.padding))
+    )
+    factored_size = taps * rank * (cin + cout) + (rank * taps * taps if shift_needed else 0)
+    if spec.groups != 1 or factored_size >= cout * cin * taps:
+        layer.lora_delta = spec.lora.delta().detach().float().clone()
+        return "dense"
+    if A.dim() == 2:
+        layer.lora_A, layer.lora_B = A.clone(), B.clone()
+        return "factored"
+    kh, kw = A.shape[2:]
+    # channel t·r + j carries tap t = (u, v) of rank component j
+    layer.lora_A = A.permute(2, 3, 0, 1).reshape(taps * rank, cin, 1, 1).contiguous()
+    layer.lora_B = B.permute(0, 2, 3, 1).reshape(cout, taps * rank, 1, 1).contiguous()
+    if shift_needed:
+        onehot = torch.eye(taps).reshape(taps, 1, kh, kw)
+        layer.lora_shift = onehot.repeat_interleave(rank, dim=0).contiguous()
+    return "factored"
+
+
+def _pads(padding: tuple[int, int] | str | None) -> tuple[int, ...]:
+    if padding is None:
+        return (0,)
+    if isinstance(padding, str):
+        return (0,) if padding == "valid" else (1,)  # "same" pads unless the kernel is 1x1
+    return tuple(padding)
 
 
 def _dynamic_per_token(x: Tensor, qmin: int, qmax: int, dim: int) -> Tensor:

@@ -180,7 +180,13 @@ def test_mpqdmv2_w2a4_bundle_has_residual_nodes_and_passes_parity(folders):
     bundle = load_bundle(out, verify=True)
     assert any(c.name.startswith("ResidualBinary") for c in bundle.manifest.onnx.custom_ops)
     model = onnx.load(str(out / "model.onnx"))
-    assert any(n.domain == "edgediff" for n in model.graph.node)
+    residual = [n for n in model.graph.node if n.domain == "edgediff"]
+    assert residual
+    # the 2-bit codes reach each residual node through a Cast from a 2- or 4-bit container
+    casts = {n.output[0]: n for n in model.graph.node if n.op_type == "Cast"}
+    narrow = {t.name: t.data_type for t in model.graph.initializer}
+    for node in residual:
+        assert narrow[casts[node.input[1]].input[0]] in (onnx.TensorProto.UINT2, onnx.TensorProto.UINT4)
     backend = open_backend(
         "ort", bundle.model_path, disabled_optimizers=bundle.manifest.onnx.ort_disabled_optimizers
     )
