@@ -62,9 +62,10 @@ def main() -> None:
     ap.add_argument(
         "--variant-pd-weight",
         type=float,
-        default=None,
-        help="also train and score an RDD variant with the PD pixel term at this weight (labelled rdd+pdW), "
-        "after the reference rows",
+        nargs="+",
+        default=[],
+        help="also train and score an RDD variant with the PD pixel term at each of these weights (labelled "
+        "rdd+pdW; stage folders reused when they exist), after the reference rows",
     )
     ap.add_argument(
         "--add-teacher-seeds",
@@ -185,8 +186,8 @@ def main() -> None:
             seeds = args.seeds_256 if steps == 256 and args.seeds_256 else args.seeds
             run_row("teacher-ddim", steps, teacher, seeds, str(args.model))
     publish()
-    if args.variant_pd_weight:
-        rdd = RDDConfig(weight_pd=args.variant_pd_weight)
+    for weight in args.variant_pd_weight:
+        rdd = RDDConfig(weight_pd=weight)
         method = f"rdd+{rdd_variant(rdd)}"
         records = distill(
             args.model, "rdd", args.from_steps, 1, models, budgets, rdd_from=args.rdd_from, rdd=rdd
@@ -267,10 +268,11 @@ def _fds(result: dict, method: str, steps: int) -> list[float]:
 def orderings(result: dict) -> dict:
     """The issue's "Done when" orderings, per seed (paired: same noise) and beyond the seed spread."""
     out = {}
-    for steps in (1, 2):
-        rdd, pd = _fds(result, "rdd", steps), _fds(result, "pd", steps)
+    variants = sorted({r["method"] for r in result["rows"]} - {"teacher-ddim", "pd", "rdd"})
+    for method, steps in [(m, s) for m in ("rdd", *variants) for s in (1, 2)]:
+        rdd, pd = _fds(result, method, steps), _fds(result, "pd", steps)
         if rdd and pd:
-            out[f"rdd_below_pd_at_{steps}"] = {
+            out[f"{method}_below_pd_at_{steps}"] = {
                 "every_seed": all(a < b for a, b in zip(rdd, pd)),
                 "beyond_seed_spread": max(rdd) < min(pd),
                 "rdd": rdd,
@@ -412,10 +414,12 @@ def write_docs(result: dict) -> None:
     ords = result.get("orderings", {})
     lines = []
     for key, o in ords.items():
-        if key.startswith("rdd_below_pd"):
+        if "_below_pd_at_" in key:
+            method = key.split("_below_pd_at_")[0]
             lines.append(
-                f"- {key.replace('_', ' ')}: every seed {o['every_seed']}, beyond the seed spread "
-                f"{o['beyond_seed_spread']} (FD per seed: RDD {_r(o['rdd'])}, PD {_r(o['pd'])})."
+                f"- {method} below PD at {key.rsplit('_', 1)[-1]} step(s): every seed {o['every_seed']}, "
+                f"beyond the seed spread {o['beyond_seed_spread']} (FD per seed: {method} {_r(o['rdd'])}, "
+                f"PD {_r(o['pd'])})."
             )
         else:
             lines.append(

@@ -289,8 +289,8 @@ def _register_lora(layer: nn.Module, spec: QuantLayerSpec) -> str | None:
     """Store the additive LoRA as the smaller of its factors and its dense ΔW; returns the form.
 
     Factors cost `T·r·(Cin + Cout)` floats plus `r·T²` one-hot shift weights for a conv with T
-    kernel taps, against `Cout·Cin·T` for ΔW: at the reference model's rank 4 that is 4-8x fewer
-    on every 3x3 conv. Grouped convs keep ΔW.
+    kernel taps, against `Cout·Cin·T` for ΔW: at the reference model's rank 4, 3.5x (32 channels)
+    to 15x (128 channels) fewer on its 3x3 convs. Grouped convs keep ΔW.
     """
     for name in ("lora_delta", "lora_A", "lora_B", "lora_shift"):
         layer.register_buffer(name, None)

@@ -1,0 +1,29 @@
+"""bench.distill: the issue's orderings, per seed and beyond the seed spread, for RDD and its variants."""
+
+from bench.distill import orderings
+
+
+def _row(method: str, steps: int, fds: list[float]) -> dict:
+    return {"method": method, "steps": steps, "per_seed": [{"seed": i, "fd": f} for i, f in enumerate(fds)]}
+
+
+def test_orderings_cover_rdd_and_labelled_variants():
+    result = {
+        "rows": [
+            _row("teacher-ddim", 4, [40.0, 50.0]),
+            _row("pd", 1, [16.0, 14.0]),
+            _row("pd", 2, [14.0, 12.0]),
+            _row("rdd", 1, [26.0, 26.0]),
+            _row("rdd", 2, [13.0, 11.0]),
+            _row("rdd", 4, [20.0, 21.0]),
+            _row("rdd+pd1", 1, [13.5, 13.9]),
+        ]
+    }
+    o = orderings(result)
+    assert o["rdd_below_pd_at_1"]["every_seed"] is False
+    assert o["rdd_below_pd_at_2"]["every_seed"] is True
+    assert o["rdd_below_pd_at_2"]["beyond_seed_spread"] is False  # max RDD 13 > min PD 12
+    assert o["rdd+pd1_below_pd_at_1"]["every_seed"] is True
+    assert o["rdd+pd1_below_pd_at_1"]["beyond_seed_spread"] is True  # 13.9 < 14
+    assert "rdd+pd1_below_pd_at_2" not in o  # no 2-step row for the variant
+    assert o["rdd4_vs_ddim4"]["ratio_of_means"] == 45.0 / 20.5
