@@ -208,7 +208,7 @@ def _previous_reference_rows(model: str, samples: int) -> tuple[list[dict], list
         raise SystemExit(f"--reuse-reference-rows: {path} does not exist; run without the flag")
     old = json.loads(path.read_text())
     rows = [
-        r | {"reused_from_run_of": old["host"]["date"]}
+        r | {"reused_from_run_of": r.get("reused_from_run_of", old["host"]["date"])}
         for r in old["rows"]
         if r["method"] == "teacher-ddim" and r["steps"] > max(FEW_STEPS) and r["model"] == str(model)
     ]
