@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench._models import EXPORT_CODE, QUANT_CODE, source_digest
 from bench._report import RESULTS_DIR, host_info, markdown_table, update_results_section
 from edgediff.methods import quantize_model
 from edgediff.reference.classifier import load_classifier
@@ -114,7 +115,8 @@ def main() -> None:
         raise SystemExit(
             f"error: {student} is not a distilled model folder; run python -m bench.distill first"
         )
-    work = Path(args.work)
+    # one cache folder per (student, quantization and export code): never a stale build of another student
+    work = Path(args.work) / source_digest(student, *QUANT_CODE, *EXPORT_CODE)
     work.mkdir(parents=True, exist_ok=True)
     steps = args.student_steps
     t0 = time.perf_counter()
