@@ -25,10 +25,13 @@ def _export(layer):
     return ExportQuantLayer(layer.fold(), "ort", StepInput()).eval()
 
 
-def _dense_reference(layer, x):
-    """The quantized layer's output computed with the dense ΔW (what the export replaces)."""
+def _assert_exports_as(layer, x, form: str) -> None:
+    """The export stores the LoRA in `form` and computes the quantized layer's output (dense ΔW)."""
+    exported = _export(layer)
+    assert exported.lora_form == form
+    assert (exported.lora_delta is None) == (form == "factored")
     with torch.no_grad():
-        return layer(x)
+        assert torch.allclose(exported(x), layer(x), atol=1e-5)
 
 
 CONV_CASES = {
@@ -46,19 +49,13 @@ def test_factored_conv_lora_equals_dense_delta(case):
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 24, **CONV_CASES[case])
     layer = _with_lora(QuantConv2d.from_float(conv, _additive(2, 2)))
-    exported = _export(layer)
-    x = torch.randn(2, 16, 9, 9)
-    assert exported.lora_form == "factored" and exported.lora_delta is None
-    assert torch.allclose(exported(x), _dense_reference(layer, x), atol=1e-5)
+    _assert_exports_as(layer, torch.randn(2, 16, 9, 9), "factored")
 
 
 def test_factored_linear_lora_equals_dense_delta():
     torch.manual_seed(0)
     layer = _with_lora(QuantLinear.from_float(nn.Linear(32, 20), _additive(2, 3)))
-    exported = _export(layer)
-    x = torch.randn(3, 5, 32)
-    assert exported.lora_form == "factored"
-    assert torch.allclose(exported(x), _dense_reference(layer, x), atol=1e-5)
+    _assert_exports_as(layer, torch.randn(3, 5, 32), "factored")
 
 
 def test_factors_are_stored_instead_of_delta_when_smaller():
@@ -82,10 +79,7 @@ def test_factors_are_stored_instead_of_delta_when_smaller():
 def test_dense_delta_is_kept_when_factors_do_not_apply(make):
     torch.manual_seed(0)
     layer = _with_lora(QuantConv2d.from_float(make(), _additive(4, 2)))
-    exported = _export(layer)
-    x = torch.randn(2, 4, 6, 6)
-    assert exported.lora_form == "dense" and exported.lora_A is None
-    assert torch.allclose(exported(x), _dense_reference(layer, x), atol=1e-5)
+    _assert_exports_as(layer, torch.randn(2, 4, 6, 6), "dense")
 
 
 def test_layer_without_lora_has_no_lora_buffers():
