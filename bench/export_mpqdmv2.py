@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench._models import bundle_for, quantized_folder
+from bench._models import QUANT_CODE, bundle_for, quantized_folder, source_digest
 from bench._report import host_info, write_json
 
 STEPS = 20
@@ -54,7 +54,7 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    q = work / f"w2a4-mpqdmv2-{STEPS}-u{args.updates}"
+    q = work / f"w2a4-mpqdmv2-{STEPS}-u{args.updates}-{source_digest(*QUANT_CODE)}"
     if not (q / "recipe.json").is_file():
         quantize_model("reference", "mpqdmv2", "W2A4", q, num_steps=STEPS, updates=args.updates)
     bundles = {
