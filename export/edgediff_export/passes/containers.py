@@ -126,21 +126,20 @@ def narrow_residual_codes(
         top = int(max(q.max(), z.max()))
         bits = next((b for b in sorted(allowed) if top < 2**b), None)
         if bits is not None:
-            plans.append((node, wq, wz, q, z, TensorProto.UINT2 if bits == 2 else TensorProto.UINT4))
+            plans.append((wq, wz, q, z, TensorProto.UINT2 if bits == 2 else TensorProto.UINT4))
     if not plans:
         return {}
     need = max(CONTAINER_MIN_OPSET[et] for *_, et in plans)
     if need > opset0:
-        model.CopyFrom(upgrade_opset(model, need))
-        plans = _rebind(model, plans)
+        model.CopyFrom(upgrade_opset(model, need))  # keeps tensor names, which is all the plans hold
     g = model.graph
     taken = all_names(g)
-    drop = {wq for _, wq, *_ in plans} | {wz for _, _, wz, *_ in plans}
+    drop = {wq for wq, *_ in plans} | {wz for _, wz, *_ in plans}
     keep = [t for t in g.initializer if t.name not in drop]
     del g.initializer[:]
     g.initializer.extend(keep)
     casts, containers = [], {}
-    for _, wq, wz, q, z, et in plans:
+    for wq, wz, q, z, et in plans:
         stored = unique_name(f"{wq}_{CONTAINER_NAMES[et]}", taken)
         g.initializer.append(make_int_tensor(stored, q, et))
         g.initializer.append(make_int_tensor(wz, z, TensorProto.INT8))
@@ -152,12 +151,6 @@ def narrow_residual_codes(
     del g.node[:]
     g.node.extend(nodes)
     return containers
-
-
-def _rebind(model: onnx.ModelProto, plans: list) -> list:
-    """The same plans against the nodes of an opset-upgraded copy (matched by the Wq input)."""
-    by_wq = {n.input[1]: n for n in model.graph.node if n.domain == "edgediff" and n.op_type in RESIDUAL_OPS}
-    return [(by_wq[wq], wq, *rest) for _, wq, *rest in plans]
 
 
 @functools.cache
