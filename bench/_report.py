@@ -13,15 +13,19 @@ RESULTS_DIR = ROOT / "bench" / "results"
 RESULTS_MD = ROOT / "docs" / "RESULTS.md"
 
 
-def host_info() -> dict:
+def host_info(device=None) -> dict:
+    """Machine, torch threads and date; with a CUDA `device`, also the GPU's name."""
     import torch
 
-    return {
+    info = {
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if device is not None and torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
 
 
 def write_json(name: str, data: dict) -> Path:

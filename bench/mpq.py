@@ -10,7 +10,9 @@ inputs after 0/100/... updates with zero vs SVD LoRA init.
 
 Usage: `python -m bench.mpq --bits W2A4 --rows efficientdm mpqdm-omq --samples 1000 --updates 300`.
 Rows already in bench/results/mpq.json are replaced, others kept, so it runs in pieces; the JSON
-is written after every row, the docs section and figure after every row too.
+is written after every row, the docs section and figure after every row too. `--device cuda`
+runs quantization, fine-tuning and sampling on a GPU (scoring stays on the CPU); a result file
+holds one device only. `bench.mpq_parallel` runs the rows as parallel processes.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ FIGURES = ROOT / "docs" / "figures"
 
 
 def sample(model, sched_cfg, n: int, steps: int, seed: int, per_step: bool) -> torch.Tensor:
+    """`n` DDIM samples from the seeded CPU noise of `seed` (returned on the CPU)."""
     noise = seeded_noise(n, (1, 16, 16), seed)
     hook = (lambda i: set_step(model, i)) if per_step else None
     return ddim_sample(model, sched_cfg, noise, steps, set_step=hook, batch_size=1000).images
@@ -135,7 +138,8 @@ def convergence(fp, sched_cfg, args) -> dict:
 
     held = collect_calibration(fp, sched_cfg, num_samples=16, num_steps=args.steps, seed=1234)
     idx = torch.randperm(len(held), generator=torch.Generator().manual_seed(0))[:256]
-    x, t, step = held.x[idx], held.t[idx], held.step[idx]
+    device = next(fp.parameters()).device
+    x, t, step = held.x[idx].to(device), held.t[idx].to(device), held.step[idx].to(device)
     with torch.no_grad():
         target = torch.cat([fp(x[i : i + 64], t[i : i + 64]).sample for i in range(0, len(x), 64)])
     total = max(args.conv_updates)
@@ -209,8 +213,9 @@ def _mean_sd(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
 
 
-def write_docs(result: dict) -> None:
-    """Table of every (bits, row), missing cells marked, the figure, and the convergence record."""
+def write_docs(result: dict, section: str = "mpq", title: str = "MPQ-DM / MPQ-DMv2") -> None:
+    """Table of every (bits, row), missing cells marked, the figure, and the convergence record,
+    into the `section` of docs/RESULTS.md (figures named after the section)."""
     seeds = result["seeds"]
     by_key = {(r["bits"], r["row"]): r for r in result["rows"]}
     bits_list = [b for b in result.get("bits_order", []) if any(k[0] == b for k in by_key)]
@@ -260,16 +265,18 @@ def write_docs(result: dict) -> None:
         "bits/weight incl. FP16 branches",
         "row s",
     ]
+    host = result["host"]
+    where = f"{host['gpu']} GPU" if host.get("gpu") else f"{host['machine']} CPU, one thread"
     parts = [
-        f"### MPQ-DM / MPQ-DMv2 (`python -m bench.mpq`, {result['samples']} samples per seed, "
-        f"{result['steps']} DDIM steps, seeds {seeds}, {result['host']['machine']} CPU, one thread)\n",
+        f"### {title} (`python -m bench.mpq`, {result['samples']} samples per seed, "
+        f"{result['steps']} DDIM steps, seeds {seeds}, {where})\n",
         markdown_table(header, rows),
         "",
         result.get("note", ""),
         "Analysis, the OMQ split statistics and what each switch does: docs/mpq.md.",
     ]
     for bits in bits_list:
-        fig = FIGURES / f"mpq_samples_{bits.lower()}.png"
+        fig = figure_path(section, bits)
         if fig.exists():
             parts.append(
                 f"\nSamples at {bits} (rows top to bottom: the methods in table order that were run; "
@@ -288,10 +295,20 @@ def write_docs(result: dict) -> None:
             markdown_table(["LoRA init", *[f"after {u} updates" for u in ups], "run s"], crow),
             conv.get("note", ""),
         ]
-    update_results_section("mpq", "\n".join(parts))
+    update_results_section(section, "\n".join(parts))
 
 
-def write_figure(result: dict, bits: str) -> None:
+def figure_path(section: str, bits: str) -> Path:
+    """docs/figures/mpq_samples_w2a4.png for the main section, <section>_samples_w2a4.png otherwise."""
+    return FIGURES / f"{section.replace('-', '_')}_samples_{bits.lower()}.png"
+
+
+def section_for(out: Path) -> str:
+    """RESULTS.md section of a result file: `mpq` for mpq.json, the file stem (`_` -> `-`) otherwise."""
+    return out.stem.replace("_", "-")
+
+
+def write_figure(result: dict, bits: str, section: str = "mpq") -> None:
     """One row of `GRID_N` seed-0 samples per method that was run at `bits` (FP first)."""
     by_key = {(r["bits"], r["row"]): r for r in result["rows"]}
     imgs = []
@@ -301,7 +318,7 @@ def write_figure(result: dict, bits: str) -> None:
             imgs.append(torch.tensor(r["grid"]).reshape(-1, 1, 16, 16))
     if imgs:
         FIGURES.mkdir(parents=True, exist_ok=True)
-        save_grid(torch.cat(imgs), FIGURES / f"mpq_samples_{bits.lower()}.png", ncol=GRID_N)
+        save_grid(torch.cat(imgs), figure_path(section, bits), ncol=GRID_N)
 
 
 def main() -> None:
@@ -318,9 +335,16 @@ def main() -> None:
     ap.add_argument("--conv-bits", default="W2A4")
     ap.add_argument("--out", default=str(RESULTS_DIR / "mpq.json"))
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/RESULTS.md")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: quantize, fine-tune and sample there")
     args = ap.parse_args()
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but this torch sees no CUDA GPU; use --device cpu")
+    torch.backends.cudnn.allow_tf32 = False  # fp32 convs as on the CPU (TF32 would blur the search)
+    torch.backends.cuda.matmul.allow_tf32 = False
     out = Path(args.out)
+    section = section_for(out)
     result = json.loads(out.read_text()) if out.is_file() else {"rows": []}
     if result.get("rows") and (result.get("samples"), result.get("seeds"), result.get("steps")) != (
         args.samples,
@@ -328,22 +352,29 @@ def main() -> None:
         args.steps,
     ):
         raise SystemExit(f"{out} holds rows at other samples/seeds/steps; use --out for a new file")
+    host = host_info(device)
+    if result.get("rows") and result.get("host", {}).get("gpu") != host.get("gpu"):
+        raise SystemExit(f"{out} holds rows measured on another device; use --out for a new file")
     order = list(dict.fromkeys([*result.get("bits_order", []), *args.bits]))
     order.sort(
         key=lambda b: (
             ["W2A4", "W4A4", "W3A4", "W3A6"].index(b) if b in ("W2A4", "W4A4", "W3A4", "W3A6") else 9
         )
     )
+    deviation = (
+        f"Deviation from issue 6: {args.samples} samples per seed instead of 2000 (2-core CPU budget). "
+        if args.samples < 2000
+        else ""
+    )
     result.update(
-        host=host_info(),
+        host=host,
         samples=args.samples,
         steps=args.steps,
         seeds=args.seeds,
         bits_order=order,
         note=(
-            f"Deviation from issue 6: {args.samples} samples per seed instead of 2000 (2-core CPU budget). "
-            f"Every fine-tuned row: {args.updates} updates at batch {args.batch} along FP {args.steps}-step "
-            "DDIM trajectories, same seed. 'not run' cells were not measured."
+            f"{deviation}Every fine-tuned row: {args.updates} updates at batch {args.batch} along FP "
+            f"{args.steps}-step DDIM trajectories, same seed. 'not run' cells were not measured."
         ),
     )
 
@@ -370,12 +401,12 @@ def main() -> None:
         tmp.replace(out)
 
     fp, scheduler = load_pipeline_parts("reference")
-    fp = fp.eval()
+    fp = fp.eval().to(device)
     sched_cfg = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
     classifier = load_classifier(BUNDLED_CLASSIFIER)
     real, _ = classify(classifier, load_digits16()[0])
     fp_samples = {}
-    cache = Path("/tmp") / f"mpq_fp_{args.samples}_{args.steps}"
+    cache = Path("/tmp") / f"mpq_fp_{args.samples}_{args.steps}_{device.type}"
     cache.mkdir(exist_ok=True)
     for seed in args.seeds:
         f = cache / f"seed{seed}.pt"
@@ -383,15 +414,17 @@ def main() -> None:
             fp_samples[seed] = torch.load(f)
         else:
             fp_samples[seed] = sample(fp, sched_cfg, args.samples, args.steps, seed, per_step=False)
-            torch.save(fp_samples[seed], f)
+            tmp = f.with_suffix(f".{os.getpid()}.tmp")  # parallel pieces share the cache
+            torch.save(fp_samples[seed], tmp)
+            tmp.replace(f)
 
     def put(row: dict) -> None:
         produced[(row["bits"], row["row"])] = row
         save()
         if not args.no_docs:
             for b in result["bits_order"]:
-                write_figure(result, b)
-            write_docs(result)
+                write_figure(result, b, section)
+            write_docs(result, section)
 
     if "fp" in args.rows:
         t0 = time.perf_counter()
@@ -439,7 +472,7 @@ def main() -> None:
         )
         save()
         if not args.no_docs:
-            write_docs(result)
+            write_docs(result, section)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         batch=args.batch,
         options=quantize_options(args),
         symmetric_weights=args.symmetric_weights,
+        device=args.device,
     )
     print(f"saved {args.out} ({meta['method']} {meta['bits']}, {meta['seconds']} s)")
     return 0
@@ -165,6 +166,9 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch", type=positive_int("--batch"), default=None, help="fine-tuning batch (32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu or cuda: where calibration and fine-tuning run"
+    )
     _add_mpq_switches(p)
     p.set_defaults(func=_cmd_quantize)
 

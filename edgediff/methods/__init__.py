@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from edgediff.errors import EdgediffError
 
 METHODS = ("ptq", "efficientdm", "mpqdm", "mpqdmv2")
@@ -27,6 +29,7 @@ def quantize_model(
     batch: int | None = None,
     options: dict | None = None,
     symmetric_weights: bool = False,
+    device: str = "auto",
 ) -> dict:
     """Run `method` at `bits` on the FP model folder (or 'reference'); write `out`; return its meta.
 
@@ -34,6 +37,8 @@ def quantize_model(
     meta records the method's full configuration under `training.method_config`.
     `symmetric_weights` (ptq, efficientdm) sets `w_symmetric` on every layer of the recipe, so the
     ONNX export ships int8 weights with zero point 0 (ONNX Runtime's faster u8s8 kernels).
+    `device`: auto (CUDA when available), cpu or cuda; calibration, search and fine-tuning run
+    there and the folder is written from CPU tensors either way.
     """
     from edgediff.quant import Recipe, parse_bits, save_quantized
     from edgediff.reference.model import load_pipeline_parts, resolve_model_path
@@ -41,6 +46,7 @@ def quantize_model(
     if method not in METHODS:
         raise EdgediffError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     parse_bits(bits)
+    target = resolve_device(device)
     options = dict(options or {})
     _check_options(method, options)
     if symmetric_weights and method not in ("ptq", "efficientdm"):
@@ -57,6 +63,7 @@ def quantize_model(
     fp, scheduler = load_pipeline_parts(model)
     if recipe is not None:
         recipe.validate(fp)
+    fp = fp.to(target)
     sched_cfg = dict(scheduler.config)
     t0 = time.perf_counter()
     record: dict = {}
@@ -101,8 +108,24 @@ def quantize_model(
     }
     base_config = {k: v for k, v in dict(fp.config).items() if not k.startswith("_")}
     sched_cfg = {k: v for k, v in sched_cfg.items() if not k.startswith("_")}
-    save_quantized(qmodel, recipe, out, base_config, sched_cfg, meta)
+    meta["device"] = str(target)
+    save_quantized(qmodel.cpu(), recipe, out, base_config, sched_cfg, meta)
     return meta
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> CUDA when available else CPU; `cpu`; `cuda[:N]` (one-line error when absent)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        target = torch.device(device)
+    except RuntimeError:
+        raise EdgediffError(f"unknown device {device!r}: use auto, cpu or cuda") from None
+    if target.type not in ("cpu", "cuda"):
+        raise EdgediffError(f"unknown device {device!r}: use auto, cpu or cuda")
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise EdgediffError("--device cuda but this torch sees no CUDA GPU; use --device cpu (or auto)")
+    return target
 
 
 def _check_options(method: str, options: dict) -> None:

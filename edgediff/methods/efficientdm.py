@@ -101,6 +101,7 @@ def finetune(
         ),
         param_groups=groups if groups is not None else param_groups(model, cfg),
         checkpoint_dir=checkpoint_dir,
+        device=stream.device,  # train where the FP model runs (its trajectories feed the loss)
     )
 
     def loss_fn(update: int) -> torch.Tensor:

@@ -72,7 +72,7 @@ def apply_split(
     if salient not in SALIENT_MODES:
         raise EdgediffError(f"unknown salient mode {salient!r}: use bits or residual")
     c = scores.numel()
-    order = torch.argsort(scores.detach().float(), descending=True, stable=True)
+    order = torch.argsort(scores.detach().float().cpu(), descending=True, stable=True)  # CPU, like `bits`
     if salient == "bits":
         bits = allocate_bits(scores, base_bits, k)
     else:

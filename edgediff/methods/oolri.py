@@ -31,8 +31,8 @@ def svd_factors(err: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     u, s, vh = torch.linalg.svd(mats, full_matrices=False)
     r = min(rank, s.shape[-1])
     root = s[:, :r].sqrt()
-    b = torch.zeros(mats.shape[0], mats.shape[1], rank)
-    a = torch.zeros(mats.shape[0], rank, mats.shape[2])
+    b = torch.zeros(mats.shape[0], mats.shape[1], rank, device=mats.device)
+    a = torch.zeros(mats.shape[0], rank, mats.shape[2], device=mats.device)
     b[:, :, :r] = u[:, :, :r] * root.unsqueeze(1)
     a[:, :r, :] = root.unsqueeze(2) * vh[:, :r, :]
     if err.dim() == 2:

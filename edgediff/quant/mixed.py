@@ -22,7 +22,8 @@ def kurtosis(w: Tensor) -> Tensor:
 def allocate_bits(scores: Tensor, base_bits: int, k: int) -> Tensor:
     """OMQ bit vector (METHODS.md 1.2(4)): top-k scores get b+1 bits, bottom-k b-1, the rest b.
 
-    The mean bit width is exactly `base_bits`. Returns int32 (C,).
+    The mean bit width is exactly `base_bits`. Returns int32 (C,) on the CPU, whatever the
+    device of `scores`.
     """
     c = scores.numel()
     if k < 0 or 2 * k > c:
@@ -30,7 +31,7 @@ def allocate_bits(scores: Tensor, base_bits: int, k: int) -> Tensor:
     if k and not 2 <= base_bits <= 7:
         raise EdgediffError(f"mixed bits around {base_bits} leave 1..8: use base bits 2..7 or k=0")
     bits = torch.full((c,), base_bits, dtype=torch.int32)
-    order = torch.argsort(scores.detach().float(), descending=True, stable=True)
+    order = torch.argsort(scores.detach().float().cpu(), descending=True, stable=True)
     if k:
         bits[order[:k]] = base_bits + 1
         bits[order[c - k :]] = base_bits - 1

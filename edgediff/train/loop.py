@@ -74,9 +74,15 @@ class TrainLoop:
         param_groups: list[dict] | None = None,
         checkpoint_dir: Path | None = None,
         extra_modules: dict[str, nn.Module] | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
+        """`device`: where the model trains (it is moved there); None = CUDA when available, else CPU."""
         self.cfg = cfg
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        target = torch.device(device) if device is not None else None
+        if target is not None and target.type not in ("cpu", "cuda"):
+            raise ValueError(f"TrainLoop trains on cpu or cuda, got device {target}")
+        use_cpu = not torch.cuda.is_available() if target is None else target.type == "cpu"
+        self.accelerator = Accelerator(cpu=use_cpu)
         groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))

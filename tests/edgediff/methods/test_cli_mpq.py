@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from edgediff.cli import quantize_options
 from edgediff_export.cli import build_parser, main
@@ -70,12 +71,22 @@ def test_switches_map_to_config_fields(tmp_path):
         (["--method", "ptq", "--no-trd"], "mpqdm/mpqdmv2 only"),
         (["--method", "mpqdmv2", "--lora-init", "svd", "--lora-mode", "merged"], "additive"),
         (["--method", "mpqdm", "--bits", "W9A4"], "unknown bit setting"),
+        (["--method", "ptq", "--device", "tpu"], "unknown device 'tpu'"),
+        (["--method", "ptq", "--device", "gpu0"], "unknown device 'gpu0'"),
     ],
 )
 def test_misuse_is_one_line_exit_2(tmp_path, capsys, extra, needle):
     assert main([*BASE_ARGS, str(tmp_path / "q"), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_one_line_exit_2(tmp_path, capsys):
+    assert main([*BASE_ARGS, str(tmp_path / "q"), "--method", "ptq", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cpu" in err[0]
     assert not (tmp_path / "q").exists()
 
 
