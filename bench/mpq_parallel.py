@@ -90,7 +90,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    ap.add_argument("--out", required=True, help="merged result file (a new one: parts are not merged into old rows)")
+    ap.add_argument(
+        "--out", required=True, help="merged result file (a new one: parts are not merged into old rows)"
+    )
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument(
         "--deadline", type=float, default=None, help="seconds: then stop unfinished pieces and merge the rest"
@@ -115,7 +117,9 @@ def main() -> None:
                     proc.wait()
                     failed.append(f"{bits} {row} (stopped at the deadline)")
                 failed += [f"{b} {r} (not started before the deadline)" for b, r in todo]
-                print(f"deadline {args.deadline:.0f} s: stopped {len(running)}, skipped {len(todo)}", flush=True)
+                print(
+                    f"deadline {args.deadline:.0f} s: stopped {len(running)}, skipped {len(todo)}", flush=True
+                )
                 break
             while todo and len(running) < args.jobs:
                 bits, row = todo.pop(0)
@@ -143,7 +147,9 @@ def main() -> None:
         try:
             merged = merge_parts([json.loads(p.read_text()) for p in finished])
         except ValueError as exc:
-            raise SystemExit(f"nothing written to {out}: {exc} (failed: {', '.join(failed) or 'none'})") from None
+            raise SystemExit(
+                f"nothing written to {out}: {exc} (failed: {', '.join(failed) or 'none'})"
+            ) from None
     if failed:
         merged["failed"] = failed
     out.parent.mkdir(parents=True, exist_ok=True)

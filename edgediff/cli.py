@@ -167,7 +167,9 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=positive_int("--batch"), default=None, help="fine-tuning batch (32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--device", default="auto", help="auto (CUDA when available), cpu or cuda: where calibration and fine-tuning run"
+        "--device",
+        default="auto",
+        help="auto (CUDA when available), cpu or cuda: where calibration and fine-tuning run",
     )
     _add_mpq_switches(p)
     p.set_defaults(func=_cmd_quantize)

@@ -19,6 +19,7 @@ from edgediff.methods.efficientdm import run_efficientdm
 from edgediff.methods.mpqdm import MPQDMConfig, run_mpqdm
 from edgediff.methods.mpqdmv2 import MPQDMv2Config, run_mpqdmv2
 from edgediff.quant import quant_layers, set_step
+
 from .tiny import BASE, SCHED, tiny_unet
 
 pytestmark = pytest.mark.gpu
