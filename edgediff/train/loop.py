@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -64,6 +65,21 @@ def _lr_lambda(cfg: LoopConfig) -> Callable[[int], float]:
     return factor
 
 
+def _accelerator(device_type: str) -> Accelerator:
+    """An `Accelerator` on `device_type` ("cpu" | "cuda").
+
+    accelerate keeps one process-wide state, so without a reset the first loop's device would
+    win (a CPU run followed by a GPU run in one process would train the second on the CPU).
+    """
+    accelerator = Accelerator(cpu=device_type == "cpu")
+    if accelerator.device.type != device_type and accelerator.num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        accelerator = Accelerator(cpu=device_type == "cpu")
+    if accelerator.device.type != device_type:
+        raise RuntimeError(f"accelerate placed training on {accelerator.device}, not on {device_type}")
+    return accelerator
+
+
 class TrainLoop:
     """Runs `cfg.steps` optimisation steps of `loss_fn` over `model`'s trainable parameters."""
 
@@ -82,7 +98,7 @@ class TrainLoop:
         if target is not None and target.type not in ("cpu", "cuda"):
             raise ValueError(f"TrainLoop trains on cpu or cuda, got device {target}")
         use_cpu = not torch.cuda.is_available() if target is None else target.type == "cpu"
-        self.accelerator = Accelerator(cpu=use_cpu)
+        self.accelerator = _accelerator("cpu" if use_cpu else "cuda")
         groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))

@@ -30,3 +30,32 @@ def test_default_device_is_cuda_only_when_available():
 def test_other_device_types_are_refused():
     with pytest.raises(ValueError, match="cpu or cuda"):
         _loop("meta")
+
+
+def test_a_cpu_loop_after_a_shared_state_on_another_device_still_trains_on_the_cpu(monkeypatch):
+    """accelerate's process-wide state is reset when it holds another device."""
+    from accelerate.state import AcceleratorState
+
+    import edgediff.train.loop as loop_mod
+
+    calls = []
+    real = loop_mod.Accelerator
+
+    class Stale:
+        """First construction reports a stale device, as a state left by an earlier loop would."""
+
+        def __init__(self, cpu):
+            calls.append(cpu)
+            self._inner = real(cpu=cpu)
+            self.device = torch.device("cuda") if len(calls) == 1 else self._inner.device
+            self.num_processes = 1
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+    resets = []
+    monkeypatch.setattr(loop_mod, "Accelerator", Stale)
+    monkeypatch.setattr(AcceleratorState, "_reset_state", staticmethod(lambda **kw: resets.append(kw)))
+    _, loop = _loop("cpu")
+    assert calls == [True, True] and resets == [{"reset_partial_state": True}]
+    assert loop.device.type == "cpu"
