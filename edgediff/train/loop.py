@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, PartialState
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -71,10 +71,16 @@ def _accelerator(device_type: str) -> Accelerator:
     accelerate keeps one process-wide state, so without a reset the first loop's device would
     win (a CPU run followed by a GPU run in one process would train the second on the CPU).
     """
-    accelerator = Accelerator(cpu=device_type == "cpu")
-    if accelerator.device.type != device_type and accelerator.num_processes == 1:
+    cpu = device_type == "cpu"
+    try:
+        accelerator: Accelerator | None = Accelerator(cpu=cpu)
+    except ValueError:  # accelerate refuses cpu=True over a state already on CUDA
+        accelerator = None
+    if accelerator is None or accelerator.device.type != device_type:
+        if PartialState().num_processes > 1:
+            raise RuntimeError(f"cannot move a {PartialState().num_processes}-process run to {device_type}")
         AcceleratorState._reset_state(reset_partial_state=True)
-        accelerator = Accelerator(cpu=device_type == "cpu")
+        accelerator = Accelerator(cpu=cpu)
     if accelerator.device.type != device_type:
         raise RuntimeError(f"accelerate placed training on {accelerator.device}, not on {device_type}")
     return accelerator

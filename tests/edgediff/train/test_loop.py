@@ -59,3 +59,25 @@ def test_a_cpu_loop_after_a_shared_state_on_another_device_still_trains_on_the_c
     _, loop = _loop("cpu")
     assert calls == [True, True] and resets == [{"reset_partial_state": True}]
     assert loop.device.type == "cpu"
+
+
+def test_a_refused_accelerator_is_rebuilt_after_a_reset(monkeypatch):
+    """accelerate raises ValueError for cpu=True over a CUDA state: reset, then build again."""
+    from accelerate.state import AcceleratorState
+
+    import edgediff.train.loop as loop_mod
+
+    real = loop_mod.Accelerator
+    calls = []
+
+    def refusing_once(cpu):
+        calls.append(cpu)
+        if len(calls) == 1:
+            raise ValueError("AcceleratorState has already been initialized and cannot be changed")
+        return real(cpu=cpu)
+
+    resets = []
+    monkeypatch.setattr(loop_mod, "Accelerator", refusing_once)
+    monkeypatch.setattr(AcceleratorState, "_reset_state", staticmethod(lambda **kw: resets.append(kw)))
+    _, loop = _loop("cpu")
+    assert calls == [True, True] and len(resets) == 1 and loop.device.type == "cpu"
