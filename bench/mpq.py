@@ -76,12 +76,16 @@ def build_row(row: str, fp, sched_cfg, bits: str, args) -> tuple[torch.nn.Module
     from edgediff.methods.efficientdm import EfficientDMConfig, run_efficientdm
 
     base = EfficientDMConfig(
-        num_steps=args.steps, trajectories=max(1, args.updates // args.steps), batch_size=args.batch
+        num_steps=args.steps,
+        trajectories=max(1, args.updates // args.steps),
+        batch_size=args.batch,
+        seed=args.train_seed,
     )
     if row == "ptq":
         from edgediff.methods.ptq import PTQConfig, run_ptq
 
-        model, _ = run_ptq(fp, sched_cfg, bits, cfg=PTQConfig(calib_steps=args.steps), progress=False)
+        cfg = PTQConfig(calib_steps=args.steps, seed=args.train_seed)
+        model, _ = run_ptq(fp, sched_cfg, bits, cfg=cfg, progress=False)
         return model, False, {}
     if row == "efficientdm":
         model, _, record = run_efficientdm(fp, sched_cfg, bits, cfg=base, progress=False)
@@ -336,6 +340,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS_DIR / "mpq.json"))
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/RESULTS.md")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: quantize, fine-tune and sample there")
+    ap.add_argument(
+        "--train-seed",
+        type=int,
+        default=0,
+        help="seed of calibration, search and fine-tuning (a replicate of the method; sampling seeds stay)",
+    )
     args = ap.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -355,6 +365,8 @@ def main() -> None:
     host = host_info(device)
     if result.get("rows") and result.get("host", {}).get("gpu") != host.get("gpu"):
         raise SystemExit(f"{out} holds rows measured on another device; use --out for a new file")
+    if result.get("rows") and result.get("train_seed", 0) != args.train_seed:
+        raise SystemExit(f"{out} holds rows of another --train-seed; use --out for a new file")
     order = list(dict.fromkeys([*result.get("bits_order", []), *args.bits]))
     order.sort(
         key=lambda b: (
@@ -371,6 +383,7 @@ def main() -> None:
         samples=args.samples,
         steps=args.steps,
         seeds=args.seeds,
+        train_seed=args.train_seed,
         bits_order=order,
         note=(
             f"{deviation}Every fine-tuned row: {args.updates} updates at batch {args.batch} along FP "

