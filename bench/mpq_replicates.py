@@ -87,7 +87,8 @@ def write_docs(summary: dict) -> None:
         "\n".join(
             [
                 "### MPQ training-seed replicates (`python -m bench.mpq_replicates`; "
-                f"{p['samples']} samples, sampling seeds {p['seeds']}, each cell the FD mean over those seeds)\n",
+                f"{p['samples']} samples, sampling seeds {p['seeds']}, "
+                "each cell the FD mean over those seeds)\n",
                 markdown_table(
                     ["bits", "method", *[f"train seed {s}" for s in seeds], "mean ± sd over train seeds"],
                     table,
