@@ -325,20 +325,18 @@ def write_figure(result: dict, bits: str, section: str = "mpq") -> None:
         save_grid(torch.cat(imgs), figure_path(section, bits), ncol=GRID_N)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+PROTOCOL_KEYS = ("samples", "steps", "seeds")
+
+
+def add_protocol_args(ap: argparse.ArgumentParser, samples: int) -> None:
+    """Rows, protocol, budget, device and training seed: the options bench.mpq_parallel passes on."""
     ap.add_argument("--bits", nargs="+", default=["W2A4"])
     ap.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
-    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--samples", type=int, default=samples)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--updates", type=int, default=300, help="fine-tuning updates of every fine-tuned row")
     ap.add_argument("--batch", type=int, default=32, help="fine-tuning batch")
-    ap.add_argument("--convergence", action="store_true", help="also record the OOLRI convergence")
-    ap.add_argument("--conv-updates", type=int, nargs="+", default=[0, 100, 300])
-    ap.add_argument("--conv-bits", default="W2A4")
-    ap.add_argument("--out", default=str(RESULTS_DIR / "mpq.json"))
-    ap.add_argument("--no-docs", action="store_true", help="do not update docs/RESULTS.md")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: quantize, fine-tune and sample there")
     ap.add_argument(
         "--train-seed",
@@ -346,6 +344,27 @@ def main() -> None:
         default=0,
         help="seed of calibration, search and fine-tuning (a replicate of the method; sampling seeds stay)",
     )
+
+
+def check_same_protocol(results: list[dict], what: str) -> None:
+    """ValueError unless every result has the same samples, steps, sampling seeds and device."""
+    first = results[0]
+    for r in results[1:]:
+        for key in PROTOCOL_KEYS:
+            if r[key] != first[key]:
+                raise ValueError(f"{what} differ in {key}: {r[key]} vs {first[key]}")
+        if r["host"].get("gpu") != first["host"].get("gpu"):
+            raise ValueError(f"{what} were measured on different devices")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_protocol_args(ap, samples=1000)
+    ap.add_argument("--convergence", action="store_true", help="also record the OOLRI convergence")
+    ap.add_argument("--conv-updates", type=int, nargs="+", default=[0, 100, 300])
+    ap.add_argument("--conv-bits", default="W2A4")
+    ap.add_argument("--out", default=str(RESULTS_DIR / "mpq.json"))
+    ap.add_argument("--no-docs", action="store_true", help="do not update docs/RESULTS.md")
     args = ap.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)

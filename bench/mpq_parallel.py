@@ -23,9 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.mpq import ROWS, section_for, write_docs, write_figure
-
-PROTOCOL_KEYS = ("samples", "steps", "seeds")
+from bench.mpq import ROWS, add_protocol_args, check_same_protocol, section_for, write_docs, write_figure
 
 
 def row_command(bits: str, row: str, part: Path, args: argparse.Namespace) -> list[str]:
@@ -50,6 +48,8 @@ def row_command(bits: str, row: str, part: Path, args: argparse.Namespace) -> li
         str(args.batch),
         "--device",
         args.device,
+        "--train-seed",
+        str(args.train_seed),
         "--out",
         str(part),
         "--no-docs",
@@ -60,13 +60,10 @@ def merge_parts(parts: list[dict]) -> dict:
     """One result from part results of the same protocol and device (raises ValueError otherwise)."""
     if not parts:
         raise ValueError("no part finished; nothing to merge")
+    check_same_protocol(parts, "parts")
+    if len({p.get("train_seed", 0) for p in parts}) > 1:
+        raise ValueError("parts differ in train_seed; merge one training seed per file")
     first = parts[0]
-    for p in parts[1:]:
-        for key in PROTOCOL_KEYS:
-            if p[key] != first[key]:
-                raise ValueError(f"parts differ in {key}: {p[key]} vs {first[key]}")
-        if p["host"].get("gpu") != first["host"].get("gpu"):
-            raise ValueError("parts were measured on different devices")
     rows = {(r["bits"], r["row"]): r for p in parts for r in p["rows"]}
     rank = {name: i for i, name in enumerate(ROWS)}
     order = list(dict.fromkeys(b for p in parts for b in p.get("bits_order", [])))
@@ -80,14 +77,7 @@ def merge_parts(parts: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bits", nargs="+", default=["W2A4"])
-    ap.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
-    ap.add_argument("--samples", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--updates", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--device", default="cpu")
+    add_protocol_args(ap, samples=2000)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument(

@@ -19,9 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bench._report import RESULTS_DIR, markdown_table, update_results_section, write_json
-from bench.mpq import LABELS, ROWS
-
-PROTOCOL_KEYS = ("samples", "steps", "seeds")
+from bench.mpq import LABELS, PROTOCOL_KEYS, ROWS, check_same_protocol
 
 
 def default_files() -> list[Path]:
@@ -32,13 +30,8 @@ def collect(results: list[dict]) -> dict:
     """{"protocol", "rows": [{bits, row, fd_by_train_seed, mean, sd}]} for rows in >= 2 results."""
     if len(results) < 2:
         raise ValueError("need at least two result files (train seed 0 and a replicate)")
+    check_same_protocol(results, "result files")
     first = results[0]
-    for r in results[1:]:
-        for key in PROTOCOL_KEYS:
-            if r[key] != first[key]:
-                raise ValueError(f"result files differ in {key}: {r[key]} vs {first[key]}")
-        if r["host"].get("gpu") != first["host"].get("gpu"):
-            raise ValueError("result files were measured on different devices")
     seeds = [r.get("train_seed", 0) for r in results]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"two result files share a train seed: {seeds}")

@@ -38,18 +38,26 @@ def test_merge_refuses_mixed_protocols(other, needle):
         merge_parts([_part([("W2A4", "efficientdm")]), other])
 
 
+def test_merge_refuses_two_training_seeds():
+    other = {**_part([("W2A4", "ptq")]), "train_seed": 1}
+    with pytest.raises(ValueError, match="train_seed"):
+        merge_parts([_part([("W2A4", "efficientdm")]), other])
+
+
 def test_merge_of_nothing_is_an_error():
     with pytest.raises(ValueError, match="no part"):
         merge_parts([])
 
 
 def test_row_command_writes_its_own_part_without_docs():
-    args = SimpleNamespace(samples=2000, steps=50, seeds=[0, 1], updates=300, batch=32, device="cuda")
+    args = SimpleNamespace(
+        samples=2000, steps=50, seeds=[0, 1], updates=300, batch=32, device="cuda", train_seed=3
+    )
     cmd = row_command("W2A4", "mpqdm-omq", Path("/tmp/p.json"), args)
     assert cmd[1:3] == ["-m", "bench.mpq"]
     assert cmd[cmd.index("--out") + 1] == "/tmp/p.json" and "--no-docs" in cmd
     assert cmd[cmd.index("--seeds") + 1 : cmd.index("--seeds") + 3] == ["0", "1"]
-    assert cmd[cmd.index("--device") + 1] == "cuda"
+    assert cmd[cmd.index("--device") + 1] == "cuda" and cmd[cmd.index("--train-seed") + 1] == "3"
 
 
 def test_sections_and_figures_are_named_after_the_result_file():
