@@ -375,17 +375,15 @@ def main() -> None:
     out = Path(args.out)
     section = section_for(out)
     result = json.loads(out.read_text()) if out.is_file() else {"rows": []}
-    if result.get("rows") and (result.get("samples"), result.get("seeds"), result.get("steps")) != (
-        args.samples,
-        args.seeds,
-        args.steps,
-    ):
-        raise SystemExit(f"{out} holds rows at other samples/seeds/steps; use --out for a new file")
     host = host_info(device)
-    if result.get("rows") and result.get("host", {}).get("gpu") != host.get("gpu"):
-        raise SystemExit(f"{out} holds rows measured on another device; use --out for a new file")
-    if result.get("rows") and result.get("train_seed", 0) != args.train_seed:
-        raise SystemExit(f"{out} holds rows of another --train-seed; use --out for a new file")
+    if result.get("rows"):
+        this_run = {"samples": args.samples, "steps": args.steps, "seeds": args.seeds, "host": host}
+        try:
+            check_same_protocol([result, this_run], "its rows and this run")
+        except ValueError as exc:
+            raise SystemExit(f"{out}: {exc}; use --out for a new file") from None
+        if result.get("train_seed", 0) != args.train_seed:
+            raise SystemExit(f"{out} holds rows of another --train-seed; use --out for a new file")
     order = list(dict.fromkeys([*result.get("bits_order", []), *args.bits]))
     order.sort(
         key=lambda b: (
