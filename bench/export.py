@@ -128,7 +128,7 @@ def main() -> None:
         + markdown_table(header, rows)
         + "\n\nThe `trt` rows are TensorRT's graph form timed on ONNX Runtime CPU (no TensorRT here); "
         "ONNX Runtime runs it with float dequantization, so it is expected to be slower than FP32 on the "
-        "CPU (DEPLOY.md 11).\n",
+        "CPU (docs/deployment.md 11).\n",
     )
 
 

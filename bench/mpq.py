@@ -1,4 +1,4 @@
-"""MPQ-DM / MPQ-DMv2 benchmark on the reference model (issue 6, METHODS.md 1.6, 2.3).
+"""MPQ-DM / MPQ-DMv2 benchmark on the reference model (issue 6, docs/methods.md 1.6, 2.3).
 
 Rows (same seeded noise for every row, paired with the FP samples of that seed): FP, `ptq`,
 `efficientdm`, MPQ-DM (OMQ only; OMQ + TRD; OMQ with random channel selection as the control),

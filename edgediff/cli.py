@@ -2,7 +2,7 @@
 
 The console script `edgediff` is assembled in `edgediff_export.cli` (the full toolchain), which
 may import every stage; this module registers only what the train stage owns, so that
-`edgediff` itself never imports the export or runtime packages (DESIGN.md section 1).
+`edgediff` itself never imports the export or runtime packages (docs/design.md section 1).
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ def _add_mpq_switches(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-fp-islands", dest="fp_islands", action="store_const", const=False)
     g.add_argument("--no-trd", dest="trd", action="store_const", const=False, help="no TRD term")
     g.add_argument("--trd-detach", action="store_const", const=True, help="released code: no TRD gradient")
-    g.add_argument("--trd-mode", choices=["target", "window"], help="METHODS.md 7.3 option b / a")
+    g.add_argument("--trd-mode", choices=["target", "window"], help="docs/methods.md 7.3 option b / a")
     g.add_argument("--residual", choices=["on", "off"], help="mpqdmv2 FZ-RMQ binary residual")
     g.add_argument("--residual-balance", action="store_const", const=True, help="mpqdmv2: k channels at b-1")
     g.add_argument("--lora-init", choices=["zero", "svd"], help="mpqdmv2 OOLRI (svd) or zero init")

@@ -1,4 +1,4 @@
-"""One exception type for the train stage (DESIGN.md section 6).
+"""One exception type for the train stage (docs/design.md section 6).
 
 Every error a user can cause carries a one-line message that names the problem and the fix;
 the CLI prints it without a traceback and exits with code 2.

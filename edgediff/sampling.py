@@ -10,7 +10,7 @@ diffusers' own, bit for bit.
 
 The sampler tells the model which step it is at through `set_step(i)` before each UNet call,
 where `i = 0 .. num_steps-1` is the position in the loop (0 = first, noisiest call). Per-step
-activation quantizers (METHODS.md 6.3) read that index; they never count calls. The ONNX
+activation quantizers (docs/methods.md 6.3) read that index; they never count calls. The ONNX
 runtime's numpy sampler uses the same convention.
 """
 

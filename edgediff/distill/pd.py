@@ -1,4 +1,4 @@
-"""Progressive distillation on the diffusers DDIM schedule (Salimans & Ho; METHODS.md 4.2, 6.11).
+"""Progressive distillation on the diffusers DDIM schedule (Salimans & Ho; docs/methods.md 4.2, 6.11).
 
 A student of `N` steps learns to do in one DDIM step what its teacher does in two steps of the
 `2N`-step sampler. Everything mirrors `edgediff.sampling.ddim_sample` (diffusers `DDIMScheduler`,
@@ -16,7 +16,7 @@ trained on exactly the update it will be sampled with:
   `t_{2k+1} - 1000//2N` (or `ᾱ = 1`). Its x0 is clipped to [-1, 1] as the sampler does
   (diffusers keeps the v-derived ε unclipped; so do we). RCFD's PD code does not clip the
   teacher; we follow our sampler instead.
-* **Target** (METHODS.md 4.2 "PD target"): with `κ = √(1-ᾱ_s)/√(1-ᾱ_t)`,
+* **Target** (docs/methods.md 4.2 "PD target"): with `κ = √(1-ᾱ_s)/√(1-ᾱ_t)`,
   `x̃ = (z'' - κ z_t)/(√ᾱ_s - κ√ᾱ_t)`, `ε̃ = (z_t - √ᾱ_t x̃)/√(1-ᾱ_t)`; at `ᾱ_s = 1`, `x̃ = z''`.
 * **Loss** (truncated SNR): per sample `max(mse(x̂, x̃), mse(ε̂, ε̃))`, batch mean. Our model
   predicts `v`; `x̂ = √ᾱ z - √(1-ᾱ) v̂` and `ε̂ = √(1-ᾱ) z + √ᾱ v̂` (unclipped for the loss).
@@ -96,7 +96,7 @@ def ddim_step(v: Tensor, z: Tensor, alpha_t: Tensor, alpha_prev: Tensor, clip: b
 
 
 def pd_target(z_t: Tensor, z_two: Tensor, alpha_t: Tensor, alpha_s: Tensor) -> tuple[Tensor, Tensor]:
-    """Closed-form one-step target `(x̃, ε̃)` reaching `z_two` from `z_t` (METHODS.md 4.2 "PD target")."""
+    """Closed-form one-step target `(x̃, ε̃)` reaching `z_two` from `z_t` (docs/methods.md 4.2 "PD target")."""
     a_t, a_s = _view(alpha_t, z_t), _view(alpha_s, z_t)
     kappa = (1 - a_s).sqrt() / (1 - a_t).sqrt()
     x_tilde = (z_two - kappa * z_t) / (a_s.sqrt() - kappa * a_t.sqrt())
@@ -146,7 +146,7 @@ def pd_batch(
 
 
 def truncated_snr_loss(batch: PDBatch) -> Tensor:
-    """`mean_b max(mse(x̂, x̃), mse(ε̂, ε̃))` (METHODS.md 4.2, 6.11)."""
+    """`mean_b max(mse(x̂, x̃), mse(ε̂, ε̃))` (docs/methods.md 4.2, 6.11)."""
     b = batch.x_hat.shape[0]
     lx = (batch.x_hat - batch.x_tilde).pow(2).reshape(b, -1).mean(1)
     le = (batch.eps_hat - batch.eps_tilde).pow(2).reshape(b, -1).mean(1)

@@ -1,4 +1,4 @@
-"""RDD: relational diffusion distillation losses on top of the PD target (METHODS.md 4.2, 4.4).
+"""RDD: relational diffusion distillation losses on top of the PD target (docs/methods.md 4.2, 4.4).
 
 The frozen feature network is the bundled benchmark classifier (`TinyCNN`, the same network
 whose penultimate features define FD; a known caveat: the metric network is also the teacher
@@ -19,7 +19,7 @@ as in RCFD's code). Total loss as in the released command:
 * `L_M`   = student pixels through a trainable projection head vs `anchors` evenly spaced rows
   of a FIFO queue of teacher pixels, τ 0.1 (`queue_relation_kl`), weight 0.1.
 
-Scaled defaults (METHODS.md 4.4 has 20 000 x 1920, 4 096 anchors, 128 enqueued per step for a
+Scaled defaults (docs/methods.md 4.4 has 20 000 x 1920, 4 096 anchors, 128 enqueued per step for a
 1920 x 4 x 4 map): here `φ_map` is 64-d with 16 pixels per image, so queue 4 096 rows, 1 024
 anchors, 64 teacher pixels enqueued per step (the queue turns over every 64 steps).
 """
@@ -47,7 +47,7 @@ from edgediff.reference.classifier import TinyCNN
 
 @dataclass(frozen=True)
 class RDDConfig:
-    """RDD loss weights and queue sizes (METHODS.md 4.4, scaled to the 64-channel `φ_map`)."""
+    """RDD loss weights and queue sizes (docs/methods.md 4.4, scaled to the 64-channel `φ_map`)."""
 
     teacher_temperature: float = 0.9
     weight_cfd: float = 1.0

@@ -1,10 +1,10 @@
-"""Relational distillation losses and the memory pixel queue (METHODS.md 6.10, 1.2(7), 2.1, 4.2).
+"""Relational distillation losses and the memory pixel queue (docs/methods.md 6.10, 1.2(7), 2.1, 4.2).
 
 Shared by MPQ-DM's TRD, MPQ-DMv2's MTRD and RDD's IS_P2P / M_P2P. Conventions:
 * A feature map is `[B, C, H, W]`; its *pixel embeddings* are the `HW` channel vectors of each
   sample, L2-normalised (`pixel_embeddings`).
 * `KL(P‖Q) = Σ P (log P − log Q)`, teacher distribution first. The teacher side is always
-  detached here; the student side never is (METHODS.md 6.10).
+  detached here; the student side never is (docs/methods.md 6.10).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _reduce(rows: Tensor, reduction: str) -> Tensor:
 
 
 def relation_kl(teacher: Tensor, student: Tensor, tau: float = 1.0, reduction: str = "sum") -> Tensor:
-    """Within-sample pixel-to-pixel relation KL (MPQ-DM TRD, METHODS.md 1.2(7)).
+    """Within-sample pixel-to-pixel relation KL (MPQ-DM TRD, docs/methods.md 1.2(7)).
 
     Per sample `R = F̂ᵀF̂` (HW x HW), rows softmax(R/τ); `Σ_rows KL(P_T ‖ P_S)`, summed over
     samples and rows (`reduction="sum"`, as the paper) or averaged over rows (`"mean"`).
@@ -53,7 +53,7 @@ def relation_kl(teacher: Tensor, student: Tensor, tau: float = 1.0, reduction: s
 
 
 def batch_relation_kl(teacher: Tensor, student: Tensor, tau: float = 1.0) -> Tensor:
-    """In-batch pixel relation KL over all ordered sample pairs (RDD IS_P2P, METHODS.md 4.2(2)).
+    """In-batch pixel relation KL over all ordered sample pairs (RDD IS_P2P, docs/methods.md 4.2(2)).
 
     For samples `(b, d)` (including `b = d`) and pixel `i` of `b`:
     `P_{b,d,i} = softmax_j(f_{b,i}·f_{d,j}/τ)` over the pixels `j` of `d`; the loss is the mean
@@ -67,7 +67,8 @@ def batch_relation_kl(teacher: Tensor, student: Tensor, tau: float = 1.0) -> Ten
 
 
 def feature_kl(teacher_vec: Tensor, student_vec: Tensor, teacher_temperature: float = 0.9) -> Tensor:
-    """RCFD classifier-feature KL (METHODS.md 4.2(1)): `KL(softmax(φ_T/τ_T) ‖ softmax(φ_S))`, batch mean."""
+    """RCFD classifier-feature KL (docs/methods.md 4.2(1)):
+    `KL(softmax(φ_T/τ_T) ‖ softmax(φ_S))`, batch mean."""
     _same_shape(teacher_vec, student_vec)
     return _row_kl(teacher_vec / teacher_temperature, student_vec).mean()
 
@@ -80,7 +81,7 @@ def queue_relation_kl(
     kd_temperature: float = 1.0,
     anchor_weights: Tensor | None = None,
 ) -> Tensor:
-    """Pixel-to-queue relation KL (RDD M_P2P, MPQ-DMv2 MTRD; METHODS.md 4.2(3), 2.1).
+    """Pixel-to-queue relation KL (RDD M_P2P, MPQ-DMv2 MTRD; docs/methods.md 4.2(3), 2.1).
 
     `teacher`, `student`: pixel embeddings `[N, C]` (unit rows). Logits `ℓ = f·Aᵀ/τ` against the
     anchor rows `A` `[K, C]`; `KL(softmax(ℓ_T/T) ‖ softmax(ℓ_S/T))` averaged over the `N` pixels.
@@ -117,7 +118,7 @@ def sample_pixels(
 
     The correct flattening takes each pixel's channel vector (`permute(1, 0, 2, 3)` to
     `[C, B·H·W]`). `released_reshape=True` reproduces RDD's released code, a plain
-    `reshape(C, -1)` that mixes channels and positions (METHODS.md 4.2 code quirk).
+    `reshape(C, -1)` that mixes channels and positions (docs/methods.md 4.2 code quirk).
     """
     if feat.dim() != 4:
         raise EdgediffError(f"need a [B, C, H, W] feature map, got shape {tuple(feat.shape)}")
@@ -129,7 +130,7 @@ def sample_pixels(
 
 
 class MemoryQueue(nn.Module):
-    """FIFO queue of teacher pixel embeddings with the timestep each came from (METHODS.md 2.1, 4.2(3)).
+    """FIFO queue of teacher pixel embeddings with the timestep each came from (docs/methods.md 2.1, 4.2(3)).
 
     Initialised with random unit vectors (timestep -1, "no time") as in RDD; `push` overwrites
     the oldest rows and wraps around. `anchors(k)` returns `k` evenly spaced rows; with a
@@ -192,7 +193,7 @@ class MemoryQueue(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """RDD's student projection head: 1x1 conv, BatchNorm, ReLU, 1x1 conv (METHODS.md 4.2(3))."""
+    """RDD's student projection head: 1x1 conv, BatchNorm, ReLU, 1x1 conv (docs/methods.md 4.2(3))."""
 
     def __init__(self, channels: int, hidden: int | None = None):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Staged step distillation: `from_steps -> from_steps/2 -> ... -> to_steps` (METHODS.md 4.4, 6.11).
+"""Staged step distillation: `from_steps -> from_steps/2 -> ... -> to_steps` (docs/methods.md 4.4, 6.11).
 
 Each stage trains a student (initialised from its teacher) on the one training loop, saves it as
 a diffusers folder `OUT/<method>-<2N>to<N>/` with `distill.json` (sampler settings, budget, wall

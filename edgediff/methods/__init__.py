@@ -1,4 +1,4 @@
-"""Quantization methods: procedures over the shared quantization core (DESIGN.md section 2).
+"""Quantization methods: procedures over the shared quantization core (docs/design.md section 2).
 
 `quantize_model` is what `edgediff quantize` runs: load the FP model, run the method, save a
 quantized folder that records its source model, method, bits and training budget.

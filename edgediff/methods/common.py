@@ -13,7 +13,7 @@ from edgediff.sampling import ddim_prev_timesteps, ddim_step, make_ddim
 
 @dataclass
 class TrajectoryStream:
-    """Walks seeded FP DDIM trajectories one step per call (METHODS.md 6.6: data-free
+    """Walks seeded FP DDIM trajectories one step per call (docs/methods.md 6.6: data-free
     fine-tuning; the inputs `x_t` come from the FP model's own sampler, one update per step).
 
     `next()` returns `(step_index, x_t, t, fp_output)` and advances the FP latent.

@@ -1,10 +1,10 @@
-"""`efficientdm`: QALoRA + per-step activation quantizers + data-free distillation (METHODS.md 6.6).
+"""`efficientdm`: QALoRA + per-step activation quantizers + data-free distillation (docs/methods.md 6.6).
 
 LoRA of rank 32 is merged into the weight before weight quantization (so it folds into the
 integer weights at export), activation quantizers keep one (scale, zero point) per sampler step
-(METHODS.md 6.3), and the model is fine-tuned along the FP model's own DDIM trajectories with
+(docs/methods.md 6.3), and the model is fine-tuned along the FP model's own DDIM trajectories with
 `MSE(f_Q(x_t, t), f_FP(x_t, t))` on the model output, one update per sampling step. Learning rates
-follow METHODS.md 1.2(8) (weight step 1e-6, activation steps 5e-4) with the LoRA rate scaled to
+follow docs/methods.md 1.2(8) (weight step 1e-6, activation steps 5e-4) with the LoRA rate scaled to
 the model; linear decay to 0, no warm-up.
 """
 

@@ -1,6 +1,6 @@
-"""`mpqdm`: MPQ-DM = EfficientDM + pre-scaling + OMQ + TRD (METHODS.md section 1).
+"""`mpqdm`: MPQ-DM = EfficientDM + pre-scaling + OMQ + TRD (docs/methods.md section 1).
 
-Pipeline (METHODS.md 1.6 step 2): recipe with MPQ-DM's FP islands (1.3: ResNet `conv_shortcut`
+Pipeline (docs/methods.md 1.6 step 2): recipe with MPQ-DM's FP islands (1.3: ResNet `conv_shortcut`
 1x1 convs and downsampler convs stay FP; time-embedding linears, first and last layer W8A8
 static), merged rank-32 LoRA (QALoRA, 1.2(5)), per-step activation quantizers (1.2(6)) and the
 SmoothQuant pre-scale δ with α = 0.5 (1.2(2)) on every main layer -> calibration on FP DDIM
@@ -39,7 +39,7 @@ from edgediff.quant import (
 
 @dataclass(frozen=True)
 class MPQDMConfig:
-    """MPQ-DM switches (defaults = METHODS.md 1.4, scaled budget in `base`)."""
+    """MPQ-DM switches (defaults = docs/methods.md 1.4, scaled budget in `base`)."""
 
     base: EfficientDMConfig = field(default_factory=EfficientDMConfig)
     smooth: bool = True  # SmoothQuant pre-scale δ, α = 0.5
@@ -52,7 +52,7 @@ class MPQDMConfig:
     trd_window: int = 2
     trd_tau: float = 1.0
     trd_weight: float = 100.0
-    trd_mode: str = "target"  # METHODS.md 7.3: target = option (b), window = option (a)
+    trd_mode: str = "target"  # docs/methods.md 7.3: target = option (b), window = option (a)
     trd_detach: bool = False  # True reproduces the released code (no TRD gradient)
 
     def __post_init__(self):
@@ -69,7 +69,7 @@ def _check(value: str, options: tuple[str, ...], what: str) -> None:
 
 
 def fp_island_names(model: nn.Module) -> list[str]:
-    """ResNet `conv_shortcut` and downsampler convs (MPQ-DM keeps them FP, METHODS.md 1.3)."""
+    """ResNet `conv_shortcut` and downsampler convs (MPQ-DM keeps them FP, docs/methods.md 1.3)."""
     return [
         n
         for n, m in model.named_modules()

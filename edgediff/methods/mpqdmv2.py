@@ -1,6 +1,6 @@
-"""`mpqdmv2`: MPQ-DMv2 = MPQ-DM + FZ-RMQ + OOLRI + MTRD (METHODS.md section 2, RECONSTRUCTED).
+"""`mpqdmv2`: MPQ-DMv2 = MPQ-DM + FZ-RMQ + OOLRI + MTRD (docs/methods.md section 2, RECONSTRUCTED).
 
-Everything marked INFERRED in METHODS.md 2.1 is a switch here:
+Everything marked INFERRED in docs/methods.md 2.1 is a switch here:
 * FZ-RMQ (`residual=True`): the salient (top-k kurtosis of `W̃`) channels of each main layer
   keep `b` bits plus a learnable 1-bit residual `α_c·sign(R_c)` (`BinaryResidual`, α init
   `mean|R_c|`, α trained with its own learning rate). Default: a fixed `residual_fraction`
@@ -41,7 +41,7 @@ LORA_MODES = ("additive", "merged")
 
 @dataclass(frozen=True)
 class MPQDMv2Config(MPQDMConfig):
-    """MPQ-DMv2 switches on top of `MPQDMConfig` (defaults: METHODS.md 2.1, scaled to the model)."""
+    """MPQ-DMv2 switches on top of `MPQDMConfig` (defaults: docs/methods.md 2.1, scaled to the model)."""
 
     omq: bool = False  # v2 default: fixed salient fraction; True searches k (pair with residual_balance)
     residual: bool = True  # FZ-RMQ binary residual on the salient channels

@@ -1,11 +1,11 @@
-"""MTRD: memory-based temporal relation distillation (METHODS.md 2.1, INFERRED; 4.2(3)).
+"""MTRD: memory-based temporal relation distillation (docs/methods.md 2.1, INFERRED; 4.2(3)).
 
 FP (teacher) pixel embeddings of the last decoder block are pushed into a FIFO `MemoryQueue`
 with their timestep as the FP trajectory advances, so the queue holds pixels of many earlier
 steps. At every step, `query` pixels (the same positions in both models) are compared with
 `anchors` evenly spaced queue rows: `ℓ = f̂·𝒬ᵀ/τ_c`, loss `w·KL(softmax(ℓ_FP/T) ‖ softmax(ℓ_Q/T))`
 averaged over the pixels; then `enqueue` random teacher pixels are pushed. Time-aware options
-(METHODS.md 2.1): `time_mode="window"` restricts the anchors to entries within `time_window`
+(docs/methods.md 2.1): `time_mode="window"` restricts the anchors to entries within `time_window`
 timesteps of the current one (option a), `"weight"` weights anchors by `exp(−|Δt|/time_scale)`
 (option b), `"none"` ignores the stored timesteps.
 

@@ -1,10 +1,10 @@
-"""OMQ: outlier-driven intra-layer mixed precision with a searched split size (METHODS.md 1.2(3)-(4)).
+"""OMQ: outlier-driven intra-layer mixed precision with a searched split size (docs/methods.md 1.2(3)-(4)).
 
 Per quantized layer, output channels of the pre-scaled weight `W̃ = W·diag(δ)` are ranked by
 kurtosis (or at random, the control of the paper's ablation). For a split size `k` the top-k
 channels are *salient* and the bottom-k get `b−1` bits:
 * `salient="bits"` (MPQ-DM OMQ): salient channels get `b+1` bits; the mean stays exactly `b`.
-* `salient="residual"` (MPQ-DMv2 FZ-RMQ, METHODS.md 2.1): salient channels keep `b` bits plus
+* `salient="residual"` (MPQ-DMv2 FZ-RMQ, docs/methods.md 2.1): salient channels keep `b` bits plus
   a 1-bit residual `α_c·sign(R_c)` (α init `mean|R_c|`); `balance=True` gives the bottom-k
   `b−1` bits so the stored bits per weight stay at `b` on average, `False` keeps them at `b`.
 `k` is chosen per layer among the candidates (paper `0, C/10, …, C/2`; code `{0, C/10}`) by
@@ -35,7 +35,7 @@ SALIENT_MODES = ("bits", "residual")
 
 
 def split_candidates(channels: int, search_range: str = "paper") -> list[int]:
-    """Split sizes to try: paper `0, ⌊C/10⌋, 2⌊C/10⌋, … ≤ C/2`; code `{0, ⌊C/10⌋}` (METHODS.md 1.2(4)).
+    """Split sizes to try: paper `0, ⌊C/10⌋, 2⌊C/10⌋, … ≤ C/2`; code `{0, ⌊C/10⌋}` (docs/methods.md 1.2(4)).
 
     `fixed` = `{⌊C/10⌋}` only: an ablation that forces the split (it may raise the output MSE).
     """
@@ -52,7 +52,7 @@ def split_candidates(channels: int, search_range: str = "paper") -> list[int]:
 
 
 def channel_scores(layer: QuantLayer, selection: str, generator: torch.Generator | None = None) -> Tensor:
-    """Saliency per output channel: kurtosis of `W̃` (METHODS.md 1.2(3)), a random permutation
+    """Saliency per output channel: kurtosis of `W̃` (docs/methods.md 1.2(3)), a random permutation
     (control), or the b-bit quantization error of the channel."""
     wt = layer.effective_weight().detach()
     if selection == "kurtosis":

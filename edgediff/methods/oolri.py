@@ -1,4 +1,4 @@
-"""OOLRI: LoRA initialised from the truncated SVD of the quantization error (METHODS.md 2.1, INFERRED).
+"""OOLRI: LoRA initialised from the truncated SVD of the quantization error (docs/methods.md 2.1, INFERRED).
 
 With an additive LoRA after quantization, `Ŵ = Q(W̃) [+ α·sign(R)] + B·A`, the error
 `E = W̃ − Q̂(W̃)` (binary residual included) is approximated by its rank-r truncated SVD

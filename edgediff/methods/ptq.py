@@ -1,8 +1,8 @@
 """`ptq`: post-training quantization with timestep-aware calibration, no training.
 
 Calibration inputs are the FP model's own seeded DDIM trajectories across all steps (Q-Diffusion
-style, METHODS.md 6.9); weight ranges per output channel and activation ranges per tensor come
-from the shrinking Lp grid search (p = 2.4, 80 ratios, METHODS.md 1.2(1), 6.2).
+style, docs/methods.md 6.9); weight ranges per output channel and activation ranges per tensor come
+from the shrinking Lp grid search (p = 2.4, 80 ratios, docs/methods.md 1.2(1), 6.2).
 """
 
 from __future__ import annotations

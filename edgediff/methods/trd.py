@@ -1,4 +1,4 @@
-"""TRD: time-smoothed relation distillation on the last decoder block (METHODS.md 1.2(7), 7.3).
+"""TRD: time-smoothed relation distillation on the last decoder block (docs/methods.md 1.2(7), 7.3).
 
 Feature `F_t` = output of the UNet's last decoder block (`unet.up_blocks[-1]` in diffusers,
 before the final norm/SiLU/conv head), captured with forward hooks on the FP and the quantized
@@ -8,7 +8,7 @@ model during the same fine-tuning step. Every `N` steps (the released code's cad
 output element count, the same factor that turns the paper's sum-reduced task loss into our
 mean MSE, so `λ = 100` keeps the paper's balance between the two terms.
 
-Gradient options (METHODS.md 7.3): `mode="target"` (b, default: the current step's quantized
+Gradient options (docs/methods.md 7.3): `mode="target"` (b, default: the current step's quantized
 feature against the window-averaged FP feature; no extra forward) or `mode="window"` (a: the
 quantized features of the previous window steps are recomputed with gradients and averaged,
 costing N−1 extra forwards every N steps). `detach=True` reproduces the released code, whose

@@ -18,7 +18,7 @@ LORA_MODES = ("merged", "additive")
 
 
 class Smooth(nn.Module):
-    """Per-input-channel pre-scale δ: `X/δ`, `W·δ` (METHODS.md 1.2(2), 6.5).
+    """Per-input-channel pre-scale δ: `X/δ`, `W·δ` (docs/methods.md 1.2(2), 6.5).
 
     Buffers: `delta` (Cin,) and `folded` (bool): once folded, the layer weight already holds
     `W·δ` and only the input division remains.
@@ -48,7 +48,7 @@ class Smooth(nn.Module):
 
 
 class LoRA(nn.Module):
-    """Low-rank adapter `ΔW = B·A` (METHODS.md 1.2(5), 6.6, 6.7).
+    """Low-rank adapter `ΔW = B·A` (docs/methods.md 1.2(5), 6.6, 6.7).
 
     Linear: `A` (r, Cin) Kaiming-uniform (a = √5), `B` (Cout, r) zeros. Conv k×k: `A`
     (r, Cin/g, kh, kw), `B` (Cout, r, kh, kw), composed per kernel tap:
@@ -76,7 +76,7 @@ class LoRA(nn.Module):
 
 
 def lora_delta(A: Tensor, B: Tensor) -> Tensor:
-    """`B·A` for linear factors, per-tap `B[:,:,u,v]·A[:,:,u,v]` for conv factors (METHODS.md 1.2(5))."""
+    """`B·A` for linear factors, per-tap `B[:,:,u,v]·A[:,:,u,v]` for conv factors (docs/methods.md 1.2(5))."""
     if A.dim() == 2:
         return B @ A
     return torch.einsum("orhw,rihw->oihw", B, A)
@@ -89,7 +89,7 @@ def sign_ste(r: Tensor) -> Tensor:
 
 
 class BinaryResidual(nn.Module):
-    """1-bit residual on chosen output channels (METHODS.md 2.1 FZ-RMQ, 2.4).
+    """1-bit residual on chosen output channels (docs/methods.md 2.1 FZ-RMQ, 2.4).
 
     `R = W̃ − Q_b(W̃)`, `Ŵ_c = Q_b(W̃_c) + α_c·sign(R_c)` for channels in `mask`; signs are
     recomputed from the current weights (STE), `α` is learnable and initialised to `mean|R_c|`.
@@ -124,7 +124,7 @@ class BinaryResidual(nn.Module):
 
 
 class LowRankBranch(nn.Module):
-    """Rank-r FP branch on the quantized input: `Q(X)·Aᵀ·Bᵀ` (METHODS.md 3.2 TQE, 6.7).
+    """Rank-r FP branch on the quantized input: `Q(X)·Aᵀ·Bᵀ` (docs/methods.md 3.2 TQE, 6.7).
 
     `A` (r, Cin[, kh, kw]) Kaiming-uniform, `B` (Cout, r) zeros. With `frames` (linear only)
     a learnable per-frame scale `M` (frames,), init 1, multiplies the branch output of the
@@ -155,7 +155,7 @@ class LowRankBranch(nn.Module):
 
 
 def lowrank_apply(xq: Tensor, A: Tensor, B: Tensor, M: Tensor | None) -> Tensor:
-    """`(Q(X)·Aᵀ)·Bᵀ`, frame block i of the tokens (dim -2) scaled by `M_i` (METHODS.md 3.2 Eq. 7-8)."""
+    """`(Q(X)·Aᵀ)·Bᵀ`, frame block i of the tokens (dim -2) scaled by `M_i` (docs/methods.md 3.2 Eq. 7-8)."""
     y = F.linear(F.linear(xq, A), B)
     if M is None:
         return y

@@ -1,4 +1,4 @@
-"""Calibration: FP-trajectory inputs and range initialisation (METHODS.md 6.2, 6.3, 6.9).
+"""Calibration: FP-trajectory inputs and range initialisation (docs/methods.md 6.2, 6.3, 6.9).
 
 `collect_calibration` runs the FP model's own seeded DDIM trajectories and keeps the input
 of every step, `(x_t, t, step_index)`; the input of step i is the latent before step i
@@ -90,7 +90,8 @@ def collect_calibration(
     batch_size: int = 256,
     progress: bool = False,
 ) -> CalibrationData:
-    """Inputs of every step of `num_samples` seeded DDIM trajectories of the FP `unet` (METHODS.md 6.9)."""
+    """Inputs of every step of `num_samples` seeded DDIM trajectories of the FP `unet`
+    (docs/methods.md 6.9)."""
     shape = tuple(sample_shape) if sample_shape else _sample_shape(unet)
     noise = seeded_noise(num_samples, shape, seed)
     was_training = unet.training

@@ -1,4 +1,4 @@
-"""Save and load a quantized diffusers model as one folder (DESIGN.md 2: one checkpoint).
+"""Save and load a quantized diffusers model as one folder (docs/design.md 2: one checkpoint).
 
 Folder contents (written atomically: a failure leaves nothing behind):
 `recipe.json`, `model.safetensors` (full state dict incl. quantizer buffers),

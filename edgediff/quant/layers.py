@@ -1,6 +1,6 @@
 """`QuantLinear` / `QuantConv2d`: fake-quantized drop-in replacements built from a float layer.
 
-Forward (METHODS.md 1.2(5), 2.1, 3.2, 6.6, 6.7):
+Forward (docs/methods.md 1.2(5), 2.1, 3.2, 6.6, 6.7):
 `W̃ = (W + ΔW_merged)·diag(δ)`, `Ŵ = Q_w(W̃) [+ α·sign(W̃ − Q_w(W̃))] [+ ΔW_additive] [+ B·A]`,
 `X̂ = Q_a(X·diag(δ)^-1)`, `y = X̂ ⊛ Ŵ + bias [+ M ⊙ (X̂·Aᵀ·Bᵀ)]`.
 The FP branches (additive LoRA, low-rank without M) act on the same `X̂` as the main weight,
@@ -119,7 +119,7 @@ class QuantLayer(nn.Module, abc.ABC):
 
     @torch.no_grad()
     def init_residual(self) -> None:
-        """Choose the salient channels and set `α = mean|R_c|` (METHODS.md 2.1)."""
+        """Choose the salient channels and set `α = mean|R_c|` (docs/methods.md 2.1)."""
         if self.residual is None:
             return
         wt = self.effective_weight()
@@ -132,7 +132,7 @@ class QuantLayer(nn.Module, abc.ABC):
 
     @torch.no_grad()
     def set_smooth(self, act_absmax: Tensor) -> None:
-        """`δ_j = sqrt(max|X_j| / max|W_j|)` per input channel (METHODS.md 1.2(2))."""
+        """`δ_j = sqrt(max|X_j| / max|W_j|)` per input channel (docs/methods.md 1.2(2))."""
         if self.smooth is None:
             raise EdgediffError(f"layer {self.name} has no smoothing; set smooth=True in its LayerQuant")
         w = self.weight

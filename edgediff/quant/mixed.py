@@ -1,6 +1,6 @@
 """Intra-layer mixed-precision helpers: channel saliency and budget-neutral bit allocation.
 
-METHODS.md 1.2(3)-(4) (MPQ-DM OMQ) and 2.1 (salient set for the binary residual).
+docs/methods.md 1.2(3)-(4) (MPQ-DM OMQ) and 2.1 (salient set for the binary residual).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from edgediff.errors import EdgediffError
 
 
 def kurtosis(w: Tensor) -> Tensor:
-    """Per output channel `mean((w - μ)^4) / σ^4` over the flattened row, σ unbiased (METHODS.md 1.2(3))."""
+    """Per output channel `mean((w - μ)^4) / σ^4` over the flattened row, σ unbiased
+    (docs/methods.md 1.2(3))."""
     rows = w.detach().float().reshape(w.shape[0], -1)
     mu = rows.mean(dim=1, keepdim=True)
     sigma = rows.std(dim=1, unbiased=True).clamp(min=1e-12)
@@ -20,7 +21,7 @@ def kurtosis(w: Tensor) -> Tensor:
 
 
 def allocate_bits(scores: Tensor, base_bits: int, k: int) -> Tensor:
-    """OMQ bit vector (METHODS.md 1.2(4)): top-k scores get b+1 bits, bottom-k b-1, the rest b.
+    """OMQ bit vector (docs/methods.md 1.2(4)): top-k scores get b+1 bits, bottom-k b-1, the rest b.
 
     The mean bit width is exactly `base_bits`. Returns int32 (C,) on the CPU, whatever the
     device of `scores`.

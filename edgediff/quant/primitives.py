@@ -8,11 +8,11 @@ Each op has an eager kernel (plain torch math), a fake kernel (`register_fake`, 
   `scale`/`zero_point`/`qmin`/`qmax` along `axis` (per-channel bit widths)
 * `edgediff::fake_quant_dynamic_per_token(x, qmin, qmax, dim)`
 
-Forward (METHODS.md notation, 6.1): `x_hat = s * (clip(round(x/s) + z, qmin, qmax) - z)`.
+Forward (docs/methods.md notation, 6.1): `x_hat = s * (clip(round(x/s) + z, qmin, qmax) - z)`.
 Backward: straight-through estimator for `x` (1 where `round(x/s) + z` lies in
 `[qmin, qmax]`, 0 outside) and the LSQ step gradient without LSQ's scale factor
 (`round(x/s) - x/s` inside, `qmin - z` / `qmax - z` outside). Zero points are integer
-tensors and get no gradient. The dynamic op (METHODS.md 6.4) takes an asymmetric min-max
+tensors and get no gradient. The dynamic op (docs/methods.md 6.4) takes an asymmetric min-max
 range per token at run time (range widened to include 0) and passes gradients straight
 through. The exporter maps these ops to ONNX QuantizeLinear/DequantizeLinear.
 """
@@ -33,7 +33,7 @@ def _channel_view(v: Tensor, ndim: int, axis: int) -> Tensor:
 
 
 def fake_quant_math(x: Tensor, scale: Tensor, zero_point: Tensor, qmin, qmax) -> Tensor:
-    """Reference fake quantization `s * (clip(round(x/s) + z, qmin, qmax) - z)` (METHODS.md 6.1).
+    """Reference fake quantization `s * (clip(round(x/s) + z, qmin, qmax) - z)` (docs/methods.md 6.1).
 
     All arguments broadcast against `x`; `qmin`/`qmax` are ints or tensors. The spec-based
     dequantization (`spec.py`) uses exactly this sequence of operations, so both agree bitwise.
@@ -51,7 +51,7 @@ def quant_codes(x: Tensor, scale: Tensor, zero_point: Tensor, qmin, qmax) -> Ten
 
 
 def dynamic_token_params(x: Tensor, qmin: int, qmax: int, dim: int) -> tuple[Tensor, Tensor]:
-    """Per-token asymmetric min-max `(scale, zero_point)` reduced over `dim` (METHODS.md 6.4)."""
+    """Per-token asymmetric min-max `(scale, zero_point)` reduced over `dim` (docs/methods.md 6.4)."""
     xf = x.float()
     lo = xf.amin(dim=dim, keepdim=True).clamp(max=0.0)
     hi = xf.amax(dim=dim, keepdim=True).clamp(min=0.0)
@@ -111,7 +111,7 @@ def fake_quant_per_channel(
     """Per-channel fake quantization along `axis`; all four vectors have `x.shape[axis]` entries.
 
     `qmin`/`qmax` are integer vectors, so each channel can have its own bit width
-    (METHODS.md 1.2(4), 6.8).
+    (docs/methods.md 1.2(4), 6.8).
     """
     n, a = x.dim(), axis % x.dim()
     return fake_quant_math(

@@ -1,4 +1,4 @@
-"""`quantize_`: swap a model's Linear/Conv2d layers for quantized ones in place (DESIGN.md 2).
+"""`quantize_`: swap a model's Linear/Conv2d layers for quantized ones in place (docs/design.md 2).
 
 Also `set_step` (tell per-step activation quantizers the sampler step), `quant_layers` and
 `quant_disabled` (run the float path, e.g. for calibration).

@@ -1,11 +1,11 @@
 """Weight and activation fake quantizers (nn.Modules; all learned state in the state_dict).
 
 * `WeightQuantizer`: per output channel (axis 0) with a per-channel bit vector (buffer
-  `bits`), learnable `scale` (Parameter) and integer `zero_point` (buffer); METHODS.md 1.2(4),
+  `bits`), learnable `scale` (Parameter) and integer `zero_point` (buffer); docs/methods.md 1.2(4),
   6.1, 6.8. `granularity="per_tensor"` ties one scale/zero to all channels.
 * `ActQuantizer`: per-tensor `static`, `per_step` (a `[num_steps]` table indexed by the
-  sampler step set with `set_step(i)`, METHODS.md 1.2(6), 6.3) or `dynamic_per_token`
-  (METHODS.md 6.4, no parameters).
+  sampler step set with `set_step(i)`, docs/methods.md 1.2(6), 6.3) or `dynamic_per_token`
+  (docs/methods.md 6.4, no parameters).
 Both have an `enabled` flag (a plain attribute, not saved) that turns them into identities.
 """
 
@@ -77,7 +77,7 @@ class WeightQuantizer(nn.Module):
         return self.scale.expand(self.out_channels), self.zero_point.expand(self.out_channels)
 
     def forward(self, w: Tensor) -> Tensor:
-        """Fake-quantize `w` (Cout, ...) per output channel (METHODS.md 1.2(4))."""
+        """Fake-quantize `w` (Cout, ...) per output channel (docs/methods.md 1.2(4))."""
         return self.quantize(w) if self.enabled else w
 
     def quantize(self, w: Tensor) -> Tensor:
@@ -99,7 +99,7 @@ class WeightQuantizer(nn.Module):
 
     @torch.no_grad()
     def init_range(self, w: Tensor, method: str) -> None:
-        """Initialise scale/zero from `w` with `method` in minmax | lp | clip_grid (METHODS.md 6.2).
+        """Initialise scale/zero from `w` with `method` in minmax | lp | clip_grid (docs/methods.md 6.2).
 
         Symmetric: the searched range is `[-r·max|w|, r·max|w|]` and the zero point is the middle
         code `2^(b-1)` exactly (so `q - z` spans `[-2^(b-1), 2^(b-1) - 1]`, a signed b-bit code).
@@ -170,7 +170,7 @@ class ActQuantizer(nn.Module):
         return self.step
 
     def forward(self, x: Tensor) -> Tensor:
-        """Fake-quantize the layer input (METHODS.md 6.1, 6.3, 6.4)."""
+        """Fake-quantize the layer input (docs/methods.md 6.1, 6.3, 6.4)."""
         if not self.enabled:
             return x
         if self.mode == "dynamic_per_token":

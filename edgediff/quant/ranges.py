@@ -1,11 +1,11 @@
-"""Range initialisation for uniform affine quantizers (METHODS.md 6.2).
+"""Range initialisation for uniform affine quantizers (docs/methods.md 6.2).
 
 * `minmax_params`: `s = (max - min)/(qmax - qmin)`, `z = round(qmin - min/s)`, with the range
   widened to include 0 (so 0 is exact).
 * `search_params`: a grid of shrink ratios `r` applied to both ends, `[r*min, r*max]`, keeping
   the ratio with the smallest `mean(|x - Q(x)|^p)` per row. Two grids are used:
-  `LP_RATIOS` (80 ratios `1 - 0.01 i`, p = 2.4, MPQ-DM/EfficientDM, METHODS.md 1.2(1)) and
-  `CLIP_RATIOS` (0.02 .. 0.98 step 0.02, p = 2, ViDiT-Q/Q-VDiT, METHODS.md 3.2).
+  `LP_RATIOS` (80 ratios `1 - 0.01 i`, p = 2.4, MPQ-DM/EfficientDM, docs/methods.md 1.2(1)) and
+  `CLIP_RATIOS` (0.02 .. 0.98 step 0.02, p = 2, ViDiT-Q/Q-VDiT, docs/methods.md 3.2).
 Rows are output channels for weights (per-channel) and a single row for activations.
 """
 
@@ -27,7 +27,7 @@ RANGE_METHODS = ("minmax", "lp", "clip_grid")
 
 
 def minmax_params(lo: Tensor, hi: Tensor, qmin, qmax) -> tuple[Tensor, Tensor]:
-    """Scale and integer zero point covering `[min(lo, 0), max(hi, 0)]` (METHODS.md 6.2 (i))."""
+    """Scale and integer zero point covering `[min(lo, 0), max(hi, 0)]` (docs/methods.md 6.2 (i))."""
     lo = lo.float().clamp(max=0.0)
     hi = hi.float().clamp(min=0.0)
     qmin_f = qmin.float() if isinstance(qmin, Tensor) else float(qmin)
@@ -46,7 +46,7 @@ def search_params(
     lo: Tensor | None = None,
     hi: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Shrinking-range grid search per row of `rows` (R, N) (METHODS.md 1.2(1), 3.2).
+    """Shrinking-range grid search per row of `rows` (R, N) (docs/methods.md 1.2(1), 3.2).
 
     `lo`/`hi` (R,) default to the row min/max; `qmin`/`qmax` are ints or (R,) tensors.
     Returns `(scale, zero_point)` of shape (R,).

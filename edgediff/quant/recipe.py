@@ -1,4 +1,4 @@
-"""Recipes: which module gets which quantization (DESIGN.md section 2).
+"""Recipes: which module gets which quantization (docs/design.md section 2).
 
 A `Recipe` is an ordered tuple of `(pattern, LayerQuant | None)` rules. Patterns are
 fnmatch-style and are matched against a layer's module name and the names of its ancestors
@@ -48,7 +48,7 @@ def parse_bits(setting: str) -> tuple[int, int | None]:
 
 @dataclass(frozen=True)
 class ResidualSpec:
-    """Binary residual (METHODS.md 2.1) on `fraction` of the output channels, chosen by
+    """Binary residual (docs/methods.md 2.1) on `fraction` of the output channels, chosen by
     `selection`: kurtosis of the (pre-scaled) weight rows, or the largest quantization error."""
 
     fraction: float = 0.1
@@ -64,8 +64,8 @@ class ResidualSpec:
 
 @dataclass(frozen=True)
 class LoRASpec:
-    """LoRA of rank `rank`: `merged` before weight quantization (QALoRA, METHODS.md 6.6) or
-    `additive` FP branch after it (METHODS.md 6.7)."""
+    """LoRA of rank `rank`: `merged` before weight quantization (QALoRA, docs/methods.md 6.6) or
+    `additive` FP branch after it (docs/methods.md 6.7)."""
 
     rank: int = 32
     mode: str = "merged"
@@ -78,7 +78,7 @@ class LoRASpec:
 
 @dataclass(frozen=True)
 class LowRankSpec:
-    """Low-rank FP branch on the quantized input (METHODS.md 3.2); `frames` adds a per-frame M."""
+    """Low-rank FP branch on the quantized input (docs/methods.md 3.2); `frames` adds a per-frame M."""
 
     rank: int = 1
     frames: int | None = None
@@ -94,9 +94,9 @@ class LowRankSpec:
 class LayerQuant:
     """How to quantize one layer. `w_bits`: int or one int per output channel (1..8).
     `a_bits=None` keeps the input FP. `smooth` adds the per-input-channel pre-scale δ
-    (METHODS.md 1.2(2)); `a_range` is the activation range init (lp or minmax).
+    (docs/methods.md 1.2(2)); `a_range` is the activation range init (lp or minmax).
     `w_symmetric` fixes each weight channel's zero point at the middle code `2^(b-1)` and searches
-    a range symmetric about 0, so `q - z` is a signed code with zero point 0 (METHODS.md 1.7): the
+    a range symmetric about 0, so `q - z` is a signed code with zero point 0 (docs/methods.md 1.7): the
     export then ships int8 weights, which ONNX Runtime runs with its faster u8s8 kernels."""
 
     w_bits: int | tuple[int, ...]
@@ -205,7 +205,7 @@ class Recipe:
         return replace(self, name=name)
 
     def with_symmetric_weights(self) -> Recipe:
-        """The same rules with `w_symmetric=True` on every quantized layer (METHODS.md 1.7)."""
+        """The same rules with `w_symmetric=True` on every quantized layer (docs/methods.md 1.7)."""
         rules = tuple((p, None if q is None else replace(q, w_symmetric=True)) for p, q in self.rules)
         return replace(self, rules=rules, name=f"{self.name}-symw")
 

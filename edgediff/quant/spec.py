@@ -6,7 +6,7 @@ low-rank and additive-LoRA factors). Merged LoRA is always already inside the co
 smoothing (codes are of `W̃ = (W + ΔW)·δ`; the input must still be divided by `δ`).
 
 `dequant(spec, x, step)` rebuilds the layer's fake-quant forward from the spec alone
-(METHODS.md 6.13: fold, then dequantize); it matches the layer's forward to float rounding.
+(docs/methods.md 6.13: fold, then dequantize); it matches the layer's forward to float rounding.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class ActSpec:
 
     `mode`: static (scale/zero_point shape (1,)), per_step (shape (num_steps,), entry i for
     sampler step i) or dynamic_per_token (scale/zero None: min-max per token over
-    `channel_dim`, computed at run time, METHODS.md 6.4).
+    `channel_dim`, computed at run time, docs/methods.md 6.4).
     """
 
     mode: str
@@ -42,7 +42,7 @@ class ActSpec:
 
 @dataclass(frozen=True)
 class ResidualCodes:
-    """Binary residual (METHODS.md 2.4): rows `channels` add `alphas[k]·signs[k]` (int8 ±1)."""
+    """Binary residual (docs/methods.md 2.4): rows `channels` add `alphas[k]·signs[k]` (int8 ±1)."""
 
     channels: Tensor
     signs: Tensor
@@ -51,7 +51,7 @@ class ResidualCodes:
 
 @dataclass(frozen=True)
 class LowRankFactors:
-    """FP branch `Q(X)·Aᵀ·Bᵀ`, frame blocks of tokens scaled by `M` when given (METHODS.md 3.2)."""
+    """FP branch `Q(X)·Aᵀ·Bᵀ`, frame blocks of tokens scaled by `M` when given (docs/methods.md 3.2)."""
 
     A: Tensor
     B: Tensor
@@ -60,7 +60,7 @@ class LowRankFactors:
 
 @dataclass(frozen=True)
 class LoRAFactors:
-    """Additive LoRA (METHODS.md 6.7): weight `B·A` (per kernel tap for conv) on the quantized input."""
+    """Additive LoRA (docs/methods.md 6.7): weight `B·A` (per kernel tap for conv) on the quantized input."""
 
     A: Tensor
     B: Tensor

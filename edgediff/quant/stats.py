@@ -2,7 +2,7 @@
 
 Keeps the exact per-channel min/max and a uniform random sample of token rows (bottom-k of
 random keys, so samples from different batches or steps merge into a uniform sample), which
-bounds memory while the range search (METHODS.md 1.2(1)) still sees every batch. Rows are
+bounds memory while the range search (docs/methods.md 1.2(1)) still sees every batch. Rows are
 kept whole so a per-channel smoothing δ can be applied afterwards.
 """
 

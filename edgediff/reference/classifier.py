@@ -1,4 +1,4 @@
-"""The metric network: a small CNN classifier on the reference digits (BENCHMARK-NOTES.md, Q3).
+"""The metric network: a small CNN classifier on the reference digits (docs/reference-benchmark.md, Q3).
 
 conv32-conv32-pool-conv64-conv64-pool-FC128(GELU)-FC10. Its 128-d penultimate features define
 the Frechet distance (FD) of the benchmark; its softmax gives confidence and class histograms.

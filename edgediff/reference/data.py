@@ -1,7 +1,7 @@
 """The reference data set: scikit-learn's handwritten digits at 16x16 in [-1, 1].
 
 `sklearn.datasets.load_digits` ships inside the scikit-learn wheel (1,797 images, 8x8, 17 gray
-levels), so nothing is downloaded at run time (BENCHMARK-NOTES.md, Q1).
+levels), so nothing is downloaded at run time (docs/reference-benchmark.md, Q1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`edgediff eval`: sample a model with seeded noise and score it (BENCHMARK-NOTES.md, Q3).
+"""`edgediff eval`: sample a model with seeded noise and score it (docs/reference-benchmark.md, Q3).
 
 FD is compared against all 1,797 real images; always compare models at the same sample count
 and seed (FD has a strong 1/n bias and about +-30 % seed noise at 1,000 samples). For a

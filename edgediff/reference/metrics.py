@@ -1,4 +1,4 @@
-"""Quality metrics of the reference benchmark (BENCHMARK-NOTES.md, Q3).
+"""Quality metrics of the reference benchmark (docs/reference-benchmark.md, Q3).
 
 * FD: Frechet distance between Gaussian fits of the classifier's 128-d penultimate features of
   generated and real images, `||mu_g - mu_r||^2 + Tr(S_g + S_r - 2 (S_g S_r)^(1/2))`.

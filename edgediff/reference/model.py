@@ -1,6 +1,6 @@
 """The reference diffusion model: a 1.1M-parameter diffusers `UNet2DModel` on 16x16 digits.
 
-Configuration from BENCHMARK-NOTES.md (Q2) with `v_prediction`, which step distillation
+Configuration from docs/reference-benchmark.md (Q2) with `v_prediction`, which step distillation
 assumes. The bundled weights live in `assets/digits16-ddpm/` as a diffusers `DDPMPipeline`
 folder (`model_index.json`, `unet/`, `scheduler/`), loadable offline with `from_pretrained`.
 """

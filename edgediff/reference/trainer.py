@@ -1,4 +1,4 @@
-"""Trains the reference diffusion model from scratch (BENCHMARK-NOTES.md, Q2 recipe).
+"""Trains the reference diffusion model from scratch (docs/reference-benchmark.md, Q2 recipe).
 
 v-prediction DDPM loss `|| v_theta(x_t, t) - (sqrt(a_t) eps - sqrt(1 - a_t) x0) ||^2` with
 uniform t, AdamW 2e-3 with 200 warm-up steps, batch 128, gradient clip 1.0, EMA 0.999 (the EMA

@@ -1,4 +1,4 @@
-"""The one training loop (DESIGN.md section 2), on `accelerate`.
+"""The one training loop (docs/design.md section 2), on `accelerate`.
 
 Used by the reference trainer, quantization-aware fine-tuning and step distillation. A task
 supplies `loss_fn(step) -> Tensor`; the loop owns the optimizer step, gradient clipping,

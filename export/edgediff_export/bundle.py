@@ -1,4 +1,4 @@
-"""`edgediff export onnx`: write an artifact bundle `NAME.edgediff/` atomically (DESIGN.md section 3).
+"""`edgediff export onnx`: write an artifact bundle `NAME.edgediff/` atomically (docs/design.md section 3).
 
 The runtime owns the format (`edgediff_runtime.bundle`); this module fills it: `model.onnx`,
 golden references recorded from PyTorch, `manifest.json` with the sampler, precision table,
@@ -142,7 +142,7 @@ def precision_table(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def check_device_fit(profile: DeviceProfile, opset: int, quantized: bool, placement: str) -> None:
-    """Refuse what the device profile cannot run before any work is done (DESIGN.md section 5)."""
+    """Refuse what the device profile cannot run before any work is done (docs/design.md section 5)."""
     check_opset(opset)
     if opset > profile.max_opset:
         raise ExportError(

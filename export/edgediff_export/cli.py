@@ -1,7 +1,7 @@
 """The `edgediff` console script: the full toolchain (train + export + device profiles).
 
 It lives in the export package because only `edgediff_export` may import every stage
-(DESIGN.md section 1); the train stage registers its own commands via `add_train_commands`.
+(docs/design.md section 1); the train stage registers its own commands via `add_train_commands`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One exception type for the export stage (DESIGN.md section 6)."""
+"""One exception type for the export stage (docs/design.md section 6)."""
 
 from edgediff.errors import EdgediffError
 

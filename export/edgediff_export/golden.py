@@ -1,4 +1,4 @@
-"""Golden references recorded from PyTorch at export time (DESIGN.md sections 3-4).
+"""Golden references recorded from PyTorch at export time (docs/design.md sections 3-4).
 
 The quantized (or FP) PyTorch model is sampled from seeded noise with the bundle's sampler; every
 step's latent and the final output are kept so the device can check parity without torch. For a

@@ -4,7 +4,7 @@
 `QuantLayer` is replaced by an `ExportQuantLayer` that computes exactly what the ONNX graph will
 compute (weights as integer initializers + DequantizeLinear, activations as Q/DQ with constant
 or per-step gathered scales, binary residuals as one custom node), plus a `StepInput` that the
-wrapper sets from the graph's `step` input (METHODS.md 6.3: scales indexed by sampler step).
+wrapper sets from the graph's `step` input (docs/methods.md 6.3: scales indexed by sampler step).
 
 Containers: weight codes of b <= 8 bits are stored as uint8 with uint8 zero points (the passes
 narrow them to uint4/uint2 where the whole tensor fits); the residual node takes int8 codes
@@ -94,7 +94,7 @@ class ExportQuantLayer(nn.Module):
         w_scale = spec.weight_scale.detach().float().clone()
         self.trt_approximate = False
         if placement == "trt":
-            # TensorRT: symmetric int8, zero point 0. Exact codes q - z (METHODS.md 1.7) where they fit
+            # TensorRT: symmetric int8, zero point 0. Exact codes q - z (docs/methods.md 1.7) where they fit
             # in int8, else (8-bit asymmetric channels) the nearest symmetric int8 requantization
             # of the same dequantized weight, s' = max|w_c| / 127: an approximation parity measures.
             sym = codes - _col(zero, codes.dim())
@@ -137,7 +137,8 @@ class ExportQuantLayer(nn.Module):
             self.register_buffer("out_scale", torch.tensor(scale, dtype=torch.float32))
             self.register_buffer("out_zero", torch.tensor(int(round(-lo / scale)), dtype=torch.uint8))
             self.out_q = True
-        # Low-rank FP branch (METHODS.md 3.7): kept as MatMuls/convs on the quantized input (+ per-frame Mul).
+        # Low-rank FP branch (docs/methods.md 3.7):
+        # kept as MatMuls/convs on the quantized input (+ per-frame Mul).
         self.has_lowrank = spec.lowrank is not None
         if spec.lowrank is not None:
             self.register_buffer("lr_A", spec.lowrank.A.float().clone())
@@ -218,7 +219,7 @@ class ExportQuantLayer(nn.Module):
         return y
 
     def _lora_factored(self, xq: Tensor) -> Tensor:
-        """`ΔW·x` from the rank-r factors (METHODS.md 6.7) without materialising ΔW.
+        """`ΔW·x` from the rank-r factors (docs/methods.md 6.7) without materialising ΔW.
 
         Linear: `B·(A·x)`. Conv (per-tap factors): a 1x1 conv to r·T channels (A of every tap),
         a depthwise conv whose one-hot kernels shift each tap's channels into place with the
@@ -328,7 +329,7 @@ def _pads(padding: tuple[int, int] | str | None) -> tuple[int, ...]:
 
 
 def _dynamic_per_token(x: Tensor, qmin: int, qmax: int, dim: int) -> Tensor:
-    """Dynamic per-token asymmetric min-max fake quantization in plain ops (METHODS.md 6.4)."""
+    """Dynamic per-token asymmetric min-max fake quantization in plain ops (docs/methods.md 6.4)."""
     lo = x.amin(dim=dim, keepdim=True).clamp(max=0.0)
     hi = x.amax(dim=dim, keepdim=True).clamp(min=0.0)
     scale = ((hi - lo) / float(qmax - qmin)).clamp(min=1e-8)
@@ -348,7 +349,7 @@ def prepare_for_export(
     """Copy `model`, swap each `QuantLayer` for an `ExportQuantLayer`; returns names swapped.
 
     `out_ranges` (layer name -> observed output min/max) adds output Q/DQ pairs to conv layers for
-    the `ort` placement (DEPLOY.md 11: Q/DQ on inputs and outputs lets ONNX Runtime fuse).
+    the `ort` placement (docs/deployment.md 11: Q/DQ on inputs and outputs lets ONNX Runtime fuse).
     """
     exported = copy.deepcopy(model).eval()
     steps = StepInput()

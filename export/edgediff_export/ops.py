@@ -1,6 +1,6 @@
 """edgediff custom ONNX ops: bit packing, node helpers, schemas and standard-op function bodies.
 
-Two ops live in the ``edgediff`` domain (METHODS.md section 2.4, DESIGN.md section 1 ``ops.py``):
+Two ops live in the ``edgediff`` domain (docs/methods.md section 2.4, docs/design.md section 1 ``ops.py``):
 
 ``edgediff::ResidualBinaryLinear``
     inputs ``X`` float [..., Cin] (already fake-quantized), ``Wq`` int8 [Cout, Cin], ``w_scale``
@@ -16,7 +16,7 @@ Two ops live in the ``edgediff`` domain (METHODS.md section 2.4, DESIGN.md secti
     ([top, left, bottom, right]), ``dilations``, ``group``, ``kernel_shape`` + the plugin attributes.
 
 The TensorRT plugin implements the same contract. For ONNX Runtime the model carries model-local
-``FunctionProto``s whose bodies use standard ops only (DEPLOY.md section 11: "a model-local
+``FunctionProto``s whose bodies use standard ops only (docs/deployment.md section 11: "a model-local
 FunctionProto lets ONNX Runtime run the same file with no extra library"), added by
 :func:`add_edgediff_functions`. :func:`lower_residual_to_standard` inlines them (``--residual
 standard``). **TensorRT's ONNX parser imports a model-local function before it looks for a plugin
@@ -24,7 +24,7 @@ of the same name** (onnx-tensorrt ``ModelImporter.cpp``: builtin importer, then 
 then the fallback plugin importer), so a file meant for the plugin must go through
 :func:`remove_edgediff_functions` first.
 
-Torch-free: numpy + onnx only (DESIGN.md section 1).
+Torch-free: numpy + onnx only (docs/design.md section 1).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ _CONV_ATTRS = ("plugin_namespace", "plugin_version", "strides", "pads", "dilatio
 
 
 def pack_signs(signs: np.ndarray) -> np.ndarray:
-    """Pack a ±1 matrix ``[K, n]`` into uint8 ``[K, ceil(n/8)]``, LSB first (METHODS.md section 2.4).
+    """Pack a ±1 matrix ``[K, n]`` into uint8 ``[K, ceil(n/8)]``, LSB first (docs/methods.md section 2.4).
 
     Bit ``b`` of byte ``j`` holds the sign of column ``8j+b`` (1 for +1, 0 for -1); padding bits are 0.
     """
@@ -98,7 +98,7 @@ def residual_binary_weight(
     channels: np.ndarray,
 ) -> np.ndarray:
     """Effective float32 weight of either op: ``w_scale·(Wq − w_zero)`` plus ``alpha[k]·sign[k]`` rows
-    (METHODS.md section 2.4); the one numpy reference lives in ``trt/numpy_ref.py``."""
+    (docs/methods.md section 2.4); the one numpy reference lives in ``trt/numpy_ref.py``."""
     return numpy_ref.dense_weight(wq, w_scale, w_zero, signs, alpha, channels).astype(np.float32)
 
 
@@ -183,7 +183,7 @@ def make_residual_binary_linear_node(
     in_features: int,
     name: str | None = None,
 ) -> onnx.NodeProto:
-    """``edgediff::ResidualBinaryLinear`` node with the plugin attributes (METHODS.md section 2.4)."""
+    """``edgediff::ResidualBinaryLinear`` node with the plugin attributes (docs/methods.md section 2.4)."""
     ins, outs = _check_io(inputs, outputs, LINEAR_OP)
     return helper.make_node(
         LINEAR_OP,
@@ -208,7 +208,7 @@ def make_residual_binary_conv_node(
     group: int = 1,
     name: str | None = None,
 ) -> onnx.NodeProto:
-    """``edgediff::ResidualBinaryConv`` node; ``pads`` is [top, left, bottom, right] (METHODS.md 2.4)."""
+    """``edgediff::ResidualBinaryConv`` node; ``pads`` is [top, left, bottom, right] (docs/methods.md 2.4)."""
     ins, outs = _check_io(inputs, outputs, CONV_OP)
     if len(kernel_shape) != 2 or len(strides) != 2 or len(dilations) != 2 or len(pads) != 4:
         raise ExportError(
@@ -329,7 +329,7 @@ def _schema(name: str, conv: bool) -> onnx.defs.OpSchema:
         name,
         EDGEDIFF_DOMAIN,
         1,
-        f"edgediff {name}: main int8 weight plus a packed binary residual (METHODS.md section 2.4).",
+        f"edgediff {name}: main int8 weight plus a packed binary residual (docs/methods.md section 2.4).",
         inputs=inputs,
         outputs=[fp("Y", "T", "output")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "float types")],
@@ -439,7 +439,7 @@ def residual_binary_linear_function(opset: int) -> onnx.FunctionProto:
         nodes,
         [helper.make_opsetid("", opset)],
         attributes=list(_LINEAR_ATTRS),
-        doc_string="Standard-op body of edgediff::ResidualBinaryLinear (METHODS.md section 2.4).",
+        doc_string="Standard-op body of edgediff::ResidualBinaryLinear (docs/methods.md section 2.4).",
     )
 
 
@@ -465,7 +465,7 @@ def residual_binary_conv_function(opset: int) -> onnx.FunctionProto:
         _residual_weight_nodes() + [conv],
         [helper.make_opsetid("", opset)],
         attributes=list(_CONV_ATTRS),
-        doc_string="Standard-op body of edgediff::ResidualBinaryConv (METHODS.md section 2.4).",
+        doc_string="Standard-op body of edgediff::ResidualBinaryConv (docs/methods.md section 2.4).",
     )
 
 

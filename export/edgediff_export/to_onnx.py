@@ -4,7 +4,7 @@
 modules (`modules.py`), exports `(sample, timestep[, step]) -> output` with a dynamic batch, and
 returns the `onnx.ModelProto` after the edgediff post-passes: model-local functions for the
 custom nodes (or `--residual standard` lowering), uint4/uint2 weight containers where the codes
-fit, and a full `onnx.checker` pass (DESIGN.md section 2; DEPLOY.md section 11).
+fit, and a full `onnx.checker` pass (docs/design.md section 2; docs/deployment.md section 11).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Export-time PyTorch custom ops and their ONNX translations (DESIGN.md section 2, DEPLOY.md 11).
+"""Export-time PyTorch custom ops and their ONNX translations
+(docs/design.md section 2, docs/deployment.md 11).
 
 The exporter replaces every quantized layer by an export module (`modules.py`) whose forward
 calls these ops on integer codes and constant (or per-step gathered) scales. The dynamo
@@ -6,10 +7,10 @@ exporter maps them through `TRANSLATION_TABLE` to standard ONNX nodes:
 
 * `qdq(x, scale, zero_point, qmin, qmax)` -> [Clip] -> QuantizeLinear -> DequantizeLinear.
   The Clip to `[(qmin - z) s, (qmax - z) s]` makes a b-bit quantizer (b < 8, or a symmetric
-  int8 container for TensorRT) out of an 8-bit Q/DQ pair exactly (METHODS.md 1.7, 6.13.3).
+  int8 container for TensorRT) out of an 8-bit Q/DQ pair exactly (docs/methods.md 1.7, 6.13.3).
 * `dq_weight(codes, scale, zero_point)` -> DequantizeLinear(axis 0) of an integer initializer.
 * `residual_binary_linear` / `residual_binary_conv` -> one `edgediff.ResidualBinaryLinear` /
-  `edgediff.ResidualBinaryConv` node (METHODS.md 2.4); `ops.add_edgediff_functions` later adds
+  `edgediff.ResidualBinaryConv` node (docs/methods.md 2.4); `ops.add_edgediff_functions` later adds
   the standard-op function bodies so ONNX Runtime runs the same file.
 
 Each op's eager kernel computes exactly what the ONNX nodes compute (round half to even).
@@ -98,7 +99,7 @@ def residual_binary_linear(
     bias: Tensor,
     in_features: int,
 ) -> Tensor:
-    """`x W^T + b` with `W = s(Wq - z) + alpha_k sign_k` on the residual rows (METHODS.md 2.4)."""
+    """`x W^T + b` with `W = s(Wq - z) + alpha_k sign_k` on the residual rows (docs/methods.md 2.4)."""
     w = _residual_weight(wq, w_scale, w_zero, signs, alpha, channels)
     return torch.nn.functional.linear(x, w, bias)
 

@@ -4,7 +4,7 @@ Supported keywords: ``type`` (a name or a list of names), ``enum``, ``const``, `
 ``properties``, ``additionalProperties`` (boolean), ``items`` (one schema), ``minItems``,
 ``uniqueItems``, ``minimum``, ``maximum``, ``exclusiveMinimum``, ``minLength``, ``pattern``.
 Anything else in a schema is rejected so a schema never silently checks less than it says.
-``jsonschema`` is not a dependency of the runtime (DESIGN.md section 5: profiles as data).
+``jsonschema`` is not a dependency of the runtime (docs/design.md section 5: profiles as data).
 """
 
 from __future__ import annotations

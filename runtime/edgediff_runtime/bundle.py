@@ -1,4 +1,4 @@
-"""The artifact bundle: ``manifest.json`` schema, checksums and golden references (DESIGN.md section 3).
+"""The artifact bundle: ``manifest.json`` schema, checksums and golden references (docs/design.md section 3).
 
 The runtime owns this contract; the exporter writes it with :func:`write_manifest` and
 :func:`save_golden`. A bundle is a folder::
@@ -243,7 +243,8 @@ class Requirements:
 
 @dataclass
 class ParitySpec:
-    """Level-2/3 tolerances (DESIGN.md section 4), the export-time report and how tolerances were derived."""
+    """Level-2/3 tolerances (docs/design.md section 4), the
+    export-time report and how tolerances were derived."""
 
     tolerances: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
     report: dict[str, Any] | None = None
@@ -252,7 +253,7 @@ class ParitySpec:
 
 @dataclass
 class Manifest:
-    """``manifest.json``: the versioned artifact contract (DESIGN.md section 3)."""
+    """``manifest.json``: the versioned artifact contract (docs/design.md section 3)."""
 
     name: str
     model: ModelSpec
@@ -467,7 +468,7 @@ def _check_runtime_versions(manifest: Manifest, backend: str | None, name: str) 
 
 
 def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, backend: str | None = "ort") -> Bundle:
-    """Open and verify a bundle (DESIGN.md section 3).
+    """Open and verify a bundle (docs/design.md section 3).
 
     Checks that the folder and ``manifest.json`` exist and parse, that every file listed in
     ``manifest.files`` exists with the recorded sha256 (``verify=False`` skips hashing), and that the
@@ -508,7 +509,7 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, backend: s
 # ------------------------------------------------------------------------------ golden references
 @dataclass
 class Golden:
-    """Golden references recorded from PyTorch at export time (DESIGN.md sections 3 and 4)."""
+    """Golden references recorded from PyTorch at export time (docs/design.md sections 3 and 4)."""
 
     noise: np.ndarray  # [N, C, H, W] float32, the initial latent before init_noise_sigma scaling
     timesteps: np.ndarray  # [S] model timesteps, in call order

@@ -1,6 +1,6 @@
 """``edgediff-run``: inspect, sample, check parity and benchmark a bundle on the device, without torch.
 
-Subcommands (DESIGN.md sections 3-5): ``info``, ``sample``, ``parity``, ``bench``. A user error prints
+Subcommands (docs/design.md sections 3-5): ``info``, ``sample``, ``parity``, ``bench``. A user error prints
 ``error: <one line>`` to stderr and exits 2; ``parity`` exits 1 on FAIL. Outputs are written
 atomically, so a failed run leaves no partial file.
 """
@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_args(p)
 
     p = sub.add_parser("parity", help="check the bundle against its golden references",
-                       description="Level-2/3 parity (DESIGN.md section 4). Exit 0 PASS, 1 FAIL, 2 error.")
+                       description="Level-2/3 parity (docs/design.md section 4). "
+                       "Exit 0 PASS, 1 FAIL, 2 error.")
     p.add_argument("bundle", type=Path, help="NAME.edgediff folder")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the JSON report")
     p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="plot the per-step curve")

@@ -1,4 +1,5 @@
-"""Device profiles as data (DESIGN.md section 5): ``devices/*.toml`` validated by ``devices/schema.json``.
+"""Device profiles as data
+(docs/design.md section 5): ``devices/*.toml`` validated by ``devices/schema.json``.
 
 A profile pins what a bundle may assume about its target: CPU arch, SM version, JetPack / CUDA /
 TensorRT versions, memory, the precisions the hardware runs, DLA cores, the TensorRT plugin
@@ -24,7 +25,7 @@ from edgediff_runtime.errors import RuntimeStageError
 PROFILE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "edgediff device profile",
-    "description": "One target device for edgediff bundles (DESIGN.md section 5).",
+    "description": "One target device for edgediff bundles (docs/design.md section 5).",
     "type": "object",
     "additionalProperties": False,
     "required": [
@@ -78,7 +79,7 @@ _PROVIDER_SHORT = {
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """One validated device profile (DESIGN.md section 5); lists are stored as tuples."""
+    """One validated device profile (docs/design.md section 5); lists are stored as tuples."""
 
     name: str
     description: str
@@ -264,7 +265,7 @@ def check_host(
     machine: str | None = None,
     providers: list[str] | None = None,
 ) -> None:
-    """Raise when this host cannot run a bundle exported for ``profile`` (DESIGN.md section 5).
+    """Raise when this host cannot run a bundle exported for ``profile`` (docs/design.md section 5).
 
     Checks the CPU architecture, and for ``backend="ort"`` that the profile's primary ONNX Runtime
     provider (the first in ``ort_providers``) is available; for ``backend="trt"`` that the profile

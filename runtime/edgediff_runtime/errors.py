@@ -1,4 +1,4 @@
-"""The one exception type of the run stage (DESIGN.md section 6).
+"""The one exception type of the run stage (docs/design.md section 6).
 
 Every failure a user can cause raises :class:`RuntimeStageError` with a one-line message that
 names the problem and the fix; ``edgediff-run`` prints ``error: <message>`` to stderr without a

@@ -76,7 +76,7 @@ def save_grid(path: str | os.PathLike[str], images: np.ndarray, scale: int = 1) 
 
 
 def plot_parity(path: str | os.PathLike[str], report: dict) -> None:
-    """Per-step curve of a parity report (DESIGN.md section 4): PSNR (dB) and log10 max abs error."""
+    """Per-step curve of a parity report (docs/design.md section 4): PSNR (dB) and log10 max abs error."""
     try:
         from PIL import Image, ImageDraw
     except ImportError:

@@ -1,4 +1,4 @@
-"""Parity against golden references (DESIGN.md section 4), torch-free, on the device.
+"""Parity against golden references (docs/design.md section 4), torch-free, on the device.
 
 Level 2 (per step): replay the golden noise through the bundle's sampler and backend and compare
 every step's latent with the PyTorch latent: max abs error and PSNR with data range 2.0

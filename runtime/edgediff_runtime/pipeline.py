@@ -1,4 +1,4 @@
-"""The on-device sampling loop: a bundle's sampler driving a backend (DESIGN.md sections 1 and 3).
+"""The on-device sampling loop: a bundle's sampler driving a backend (docs/design.md sections 1 and 3).
 
 ``sample()`` feeds the graph ``manifest.model.sample_input`` (the latent, scaled by the sampler),
 ``timestep_input`` (the model timestep, dtype and rank from the manifest) and, when the graph has

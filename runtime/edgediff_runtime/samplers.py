@@ -1,4 +1,4 @@
-"""Numpy samplers: DDPM, DDIM, DPM-Solver++(2M), Euler and the few-step x0 sampler (DESIGN.md section 1).
+"""Numpy samplers: DDPM, DDIM, DPM-Solver++(2M), Euler and the few-step x0 sampler (docs/design.md section 1).
 
 Each sampler reproduces the corresponding diffusers 0.42 scheduler step (same float32 arithmetic
 order) so a bundle run on the device follows the PyTorch trajectory it was exported from.
@@ -142,7 +142,7 @@ class DDIMSampler(Sampler):
 
 
 class X0FewStepSampler(DDIMSampler):
-    """Few-step x0 sampler for distilled models (METHODS.md 4.7).
+    """Few-step x0 sampler for distilled models (docs/methods.md 4.7).
 
     x0 = clip(f(z_t, t), -1, 1) (v/epsilon outputs converted to x0 first),
     eps = (z_t - sqrt(a_t) x0) / sqrt(1 - a_t),  z_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps,

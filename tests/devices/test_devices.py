@@ -1,4 +1,4 @@
-"""Device profiles (DESIGN.md section 5): shipped data, schema validation, host checks, bad input."""
+"""Device profiles (docs/design.md section 5): shipped data, schema validation, host checks, bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The bundle contract (DESIGN.md section 3): manifest schema, checksums, golden references."""
+"""The bundle contract (docs/design.md section 3): manifest schema, checksums, golden references."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The runtime is torch-free (DESIGN.md section 1): import every module and run the CLI with torch blocked."""
+"""The runtime is torch-free
+(docs/design.md section 1): import every module and run the CLI with torch blocked."""
 
 from __future__ import annotations
 

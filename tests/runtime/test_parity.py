@@ -1,4 +1,4 @@
-"""Parity metrics (DESIGN.md section 4) and the report on the tiny bundle."""
+"""Parity metrics (docs/design.md section 4) and the report on the tiny bundle."""
 
 from __future__ import annotations
 

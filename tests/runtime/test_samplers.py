@@ -87,7 +87,7 @@ def _compare(spec: SamplerSpec, monkeypatch: pytest.MonkeyPatch, seed: int = 0) 
         kwargs = {}
         if spec.kind == "ddim" and spec.eta > 0:
             kwargs = dict(eta=spec.eta, variance_noise=torch.from_numpy(step_noise[i]))
-        if spec.kind == "x0_fewstep":  # METHODS.md 4.7 derives eps from the clipped x0
+        if spec.kind == "x0_fewstep":  # docs/methods.md 4.7 derives eps from the clipped x0
             kwargs = dict(use_clipped_model_output=True)
         if spec.kind == "ddpm":
             monkeypatch.setattr(

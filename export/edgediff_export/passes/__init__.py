@@ -1,4 +1,4 @@
-"""Torch-free ONNX passes (DESIGN.md section 1): fold weights, Q/DQ placement, lint, external data.
+"""Torch-free ONNX passes (docs/design.md section 1): fold weights, Q/DQ placement, lint, external data.
 
 See docs/export-passes.md. Only numpy and onnx are imported at module level; onnxruntime is imported
 lazily by the functions that run it (:func:`probe_int2_support`, :func:`ort_session_options`).

@@ -1,4 +1,4 @@
-"""Small graph helpers shared by the passes (DESIGN.md section 1: torch-free, numpy + onnx only)."""
+"""Small graph helpers shared by the passes (docs/design.md section 1: torch-free, numpy + onnx only)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The exporter's quantized modules emit weights already as integer codes (uint8/int8 initializer ->
 per-axis ``DequantizeLinear``), so there is no float ``Q`` to fold; this pass applies the container
-rules of :mod:`edgediff_export.passes.fold_weights` (METHODS.md section 1.7, docs/export-passes.md)
+rules of :mod:`edgediff_export.passes.fold_weights` (docs/methods.md section 1.7, docs/export-passes.md)
 to those initializers: int4/uint4 when every group's codes and zero point fit 4 bits (opset >= 21),
 int2/uint2 where ONNX Runtime runs them exactly (opset >= 25, :func:`probe_int2_support`).
 Dequantized values are unchanged. Torch-free.
@@ -91,7 +91,7 @@ def narrow_residual_codes(
 ) -> dict[str, str]:
     """Store residual nodes' int8 ``Wq`` in uint2/uint4 behind a ``Cast`` (in place); ``{init: container}``.
 
-    The node computes ``(Wq - w_zero)·w_scale`` per output channel (METHODS.md 2.4), so
+    The node computes ``(Wq - w_zero)·w_scale`` per output channel (docs/methods.md 2.4), so
     subtracting a per-channel offset ``o = min(min_c Wq, w_zero)`` from both leaves every weight
     unchanged: ``Wq' = Wq - o`` and ``w_zero' = w_zero - o`` are small non-negative integers, stored
     in the smallest unsigned container the opset allows (2 bits from opset 25 when ONNX Runtime

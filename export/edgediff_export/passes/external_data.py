@@ -1,7 +1,7 @@
 """Save a model inline below the protobuf limit and with one external data file above it.
 
-DESIGN.md section 3: the bundle holds ``model.onnx`` and, when the model is over 2 GB,
-``model.onnx.data``. DEPLOY.md section 11: keep models under 2 GB inline (``external_data=False``),
+docs/design.md section 3: the bundle holds ``model.onnx`` and, when the model is over 2 GB,
+``model.onnx.data``. docs/deployment.md section 11: keep models under 2 GB inline (``external_data=False``),
 because ONNX Runtime's quantization tools fail on the ``.data`` file. Torch-free.
 """
 

@@ -1,8 +1,8 @@
 """Fold ``float weight -> QuantizeLinear -> DequantizeLinear`` into integer initializers.
 
-DEPLOY.md section 11: the dynamo exporter writes weights as float initializers followed by Q -> DQ;
+docs/deployment.md section 11: the dynamo exporter writes weights as float initializers followed by Q -> DQ;
 folding the Q into an integer initializer that feeds the DQ directly keeps the outputs identical and
-shrinks the file (72 MB -> 19 MB on a 17.7M-parameter UNet). METHODS.md sections 1.7 and 6.13: a
+shrinks the file (72 MB -> 19 MB on a 17.7M-parameter UNet). docs/methods.md sections 1.7 and 6.13: a
 tensor whose per-channel codes all fit in 4 (or 2) bits is stored in an int4/uint4 (int2/uint2)
 container with the same per-axis ``DequantizeLinear``; otherwise it stays int8/uint8.
 
@@ -200,7 +200,7 @@ def _choose_container(
     source_type: int,
     bits_allowed: tuple[int, ...],
 ) -> tuple[int, np.ndarray, np.ndarray]:
-    """Smallest container holding every group's codes and zero point exactly (METHODS.md 1.7).
+    """Smallest container holding every group's codes and zero point exactly (docs/methods.md 1.7).
 
     Signed with zero point 0 when ``q - z`` fits (TensorRT-friendly), else unsigned with a per-group
     offset ``o = min(codes, z)``: ``q' = q - o``, ``z' = z - o`` (dequantized values unchanged).
@@ -321,7 +321,7 @@ def fold_weights(
     may be upgraded to for int4 (21) or int2 (25) containers (``None``: up to 25; pass the device
     profile's ``max_opset``). ``int2``: whether 2-bit containers run (``None``: run
     :func:`probe_int2_support`; ``True`` still keeps MatMul weights with N % 4 != 0 at 4 bits).
-    Outputs are identical to the unfolded model's (METHODS.md 6.13).
+    Outputs are identical to the unfolded model's (docs/methods.md 6.13).
     """
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -420,7 +420,7 @@ def apply_plans(m: onnx.ModelProto, plans: list[_Plan]) -> dict[str, str]:
 def symmetrize_int8(
     model: onnx.ModelProto, *, keep_int4: bool = False, exact_8bit_only: bool = False
 ) -> onnx.ModelProto:
-    """TensorRT form of constant weight DQs: codes ``q' = q - z`` with zero point 0 (METHODS.md 1.7).
+    """TensorRT form of constant weight DQs: codes ``q' = q - z`` with zero point 0 (docs/methods.md 1.7).
 
     Exact for integer ``z``. Every constant-input DQ that is not already int8 with zero point 0 is
     rewritten to int8 (``keep_int4``: to int4 when the source is a 4- or 2-bit container and

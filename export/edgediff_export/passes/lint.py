@@ -1,4 +1,4 @@
-"""Lint an ONNX model against TensorRT's rules and a device profile (DESIGN.md section 5).
+"""Lint an ONNX model against TensorRT's rules and a device profile (docs/design.md section 5).
 
 ``lint(model, profile)`` returns one :class:`Violation` per problem; export refuses to write a bundle
 while any remain. The profile is a dict with the keys of ``devices/*.toml`` that matter here:
@@ -22,7 +22,8 @@ Rules (``Violation.rule``):
                         imports a model-local function before it tries a plugin, so the plugin would
                         never be used (strip with ``remove_edgediff_functions``).
 
-METHODS.md sections 1.7 and 6.13 list the TensorRT constraints; DEPLOY.md section 0 the device ones.
+docs/methods.md sections 1.7 and 6.13 list the TensorRT constraints;
+docs/deployment.md section 0 the device ones.
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ def _lint_qdq(
                 label,
                 "low-bit-activation",
                 f"{tname} activation quantization: sub-8-bit is weight-only on {device}; emulate sub-8-bit "
-                "activations with Clip + int8 Q/DQ (METHODS.md 1.7)",
+                "activations with Clip + int8 Q/DQ (docs/methods.md 1.7)",
             )
         )
     elif weight and qtype in _LOW_BIT:

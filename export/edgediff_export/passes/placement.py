@@ -1,4 +1,4 @@
-"""Q/DQ placement for the two runtimes (DEPLOY.md section 11, METHODS.md sections 1.7 and 6.13).
+"""Q/DQ placement for the two runtimes (docs/deployment.md section 11, docs/methods.md sections 1.7 and 6.13).
 
 Input: a graph where each quantized ``Conv``/``MatMul``/``Gemm`` reads its weight through a
 ``DequantizeLinear`` of a constant (folded, or ``constant -> Q -> DQ``) and its activation through a
@@ -142,7 +142,8 @@ def place_qdq(
     output_qparams: Mapping[str, tuple[float, int]] | None = None,
     keep_int4: bool = False,
 ) -> onnx.ModelProto:
-    """Place Q/DQ for ``target`` (``"ort"`` or ``"trt"``); returns a new model (DEPLOY.md section 11).
+    """Place Q/DQ for ``target`` (``"ort"`` or ``"trt"``); returns a new model
+    (docs/deployment.md section 11).
 
     ``output_qparams`` (``ort``): ``{node name: (scale, zero_point)}`` of each quantized node's output;
     the element type follows the node's input ``Q``. A node without an entry is left alone when its
@@ -289,7 +290,7 @@ def _place_trt(m: onnx.ModelProto, keep_int4: bool) -> onnx.ModelProto:
         if et not in (TensorProto.INT8, TensorProto.UINT8):
             raise ExportError(
                 f"node {label}: {TensorProto.DataType.Name(et)} activation quantization is not supported by "
-                "TensorRT; emulate sub-8-bit activations with Clip + int8 Q/DQ (METHODS.md 1.7)"
+                "TensorRT; emulate sub-8-bit activations with Clip + int8 Q/DQ (docs/methods.md 1.7)"
             )
         lo, hi = INT_RANGES[et]
         amax = np.maximum(np.abs((lo - zero) * scale), np.abs((hi - zero) * scale))
@@ -342,7 +343,7 @@ def needs_matmul_add_fusion_disabled(model: onnx.ModelProto) -> bool:
     """True when a ``MatMul`` with both inputs from ``DequantizeLinear`` feeds only an ``Add``.
 
     ONNX Runtime first fuses MatMul + Add into Gemm, which loses the ``MatMulIntegerToFloat`` path
-    (DEPLOY.md section 11).
+    (docs/deployment.md section 11).
     """
     idx = GraphIndex(model.graph)
     for node in model.graph.node:
@@ -388,7 +389,7 @@ def ort_session_options(
     exact_matmulnbits: bool = True,
     intra_op_num_threads: int | None = None,
 ) -> Any:
-    """``onnxruntime.SessionOptions`` for edgediff graphs (DEPLOY.md section 11).
+    """``onnxruntime.SessionOptions`` for edgediff graphs (docs/deployment.md section 11).
 
     * ``disabled_optimizers``: graph optimizers to turn off (``optimization.disable_specified_optimizers``,
       ``;``-separated); ``None`` decides from ``model`` (:func:`ort_disabled_optimizers`).

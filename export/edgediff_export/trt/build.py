@@ -88,7 +88,7 @@ def workspace_mib(profile: Mapping[str, Any] | Any) -> int:
     """Builder workspace cap: 1/8 of the device memory, clamped to [256, 4096] MiB.
 
     Jetsons share LPDDR between CPU and GPU (an 8 GB Orin Nano has about 5 GB free after the OS,
-    DEPLOY.md section 6), and engine builds are a known OOM point there; 1/8 leaves the model,
+    docs/deployment.md section 6), and engine builds are a known OOM point there; 1/8 leaves the model,
     the builder's own allocations and the OS room. Pass workspace_mib= to override.
     """
     memory_gb = float(_profile_dict(profile).get("memory_gb") or 8)

@@ -1,4 +1,4 @@
-"""NumPy reference of edgediff::ResidualBinaryLinear / ResidualBinaryConv (METHODS.md section 2.4).
+"""NumPy reference of edgediff::ResidualBinaryLinear / ResidualBinaryConv (docs/methods.md section 2.4).
 
 The oracle for the CUDA kernels and the TensorRT plugin. It follows the op contract literally:
 the main branch and the binary residual are computed separately (in float64) and added.

@@ -1,4 +1,4 @@
-"""Execution backends behind one protocol (DESIGN.md section 1): ``run(feeds) -> outputs``.
+"""Execution backends behind one protocol (docs/design.md section 1): ``run(feeds) -> outputs``.
 
 ``ort`` (ONNX Runtime: CPU, CUDA, TensorRT execution providers) and ``trt`` (native TensorRT
 engines). Both import their engine library lazily, so ``import edgediff_runtime`` needs numpy only.

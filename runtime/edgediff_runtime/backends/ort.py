@@ -1,4 +1,4 @@
-"""ONNX Runtime backend (DEPLOY.md section 3): CPU, CUDA or TensorRT execution providers.
+"""ONNX Runtime backend (docs/deployment.md section 3): CPU, CUDA or TensorRT execution providers.
 
 ``onnxruntime`` is imported lazily. With the CUDA provider the model runs through IO binding
 (inputs copied once, outputs bound on the device and copied back), elsewhere ``session.run``.
@@ -71,7 +71,7 @@ class OrtBackend:
         if optimization not in OPT_LEVELS:
             raise RuntimeStageError(f"graph optimisation level '{optimization}' is unknown; use {OPT_LEVELS}")
         opts = ort.SessionOptions()
-        # 4-bit weights fuse to MatMulNBits, exact only at accuracy level 0 (DEPLOY.md 11).
+        # 4-bit weights fuse to MatMulNBits, exact only at accuracy level 0 (docs/deployment.md 11).
         opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
         if disabled_optimizers:  # from the manifest: passes this graph must not go through
             opts.add_session_config_entry(

@@ -1,4 +1,4 @@
-"""Native TensorRT backend (DEPLOY.md sections 2 and 6), written against the TensorRT 10 Python API.
+"""Native TensorRT backend (docs/deployment.md sections 2 and 6), written against the TensorRT 10 Python API.
 
 Flow: load the plugin libraries (``ctypes.CDLL``, RTLD_GLOBAL) so their creators register, call
 ``trt.init_libnvinfer_plugins``, ``trt.Runtime(logger).deserialize_cuda_engine(bytes)``,

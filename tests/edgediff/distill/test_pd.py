@@ -1,4 +1,4 @@
-"""Progressive distillation on the diffusers DDIM schedule (METHODS.md 4.2, 4.6 unit checks)."""
+"""Progressive distillation on the diffusers DDIM schedule (docs/methods.md 4.2, 4.6 unit checks)."""
 
 import copy
 import dataclasses

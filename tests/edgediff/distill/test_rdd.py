@@ -1,4 +1,4 @@
-"""RDD losses on the PD target (METHODS.md 4.2, 4.6): zero at student == teacher, frozen networks."""
+"""RDD losses on the PD target (docs/methods.md 4.2, 4.6): zero at student == teacher, frozen networks."""
 
 import dataclasses
 

@@ -1,4 +1,4 @@
-"""Relational losses and the memory pixel queue (METHODS.md 6.10, 4.6, 1.6(vii))."""
+"""Relational losses and the memory pixel queue (docs/methods.md 6.10, 4.6, 1.6(vii))."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""MPQ-DM unit checks, METHODS.md 1.6 (i)-(vii), on a tiny UNet built from a config."""
+"""MPQ-DM unit checks, docs/methods.md 1.6 (i)-(vii), on a tiny UNet built from a config."""
 
 from dataclasses import replace
 

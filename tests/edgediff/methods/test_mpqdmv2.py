@@ -1,4 +1,4 @@
-"""MPQ-DMv2 checks (METHODS.md 2.1, 2.3): FZ-RMQ residual, OOLRI SVD init, MTRD queue loss."""
+"""MPQ-DMv2 checks (docs/methods.md 2.1, 2.3): FZ-RMQ residual, OOLRI SVD init, MTRD queue loss."""
 
 import pytest
 import torch

@@ -47,7 +47,7 @@ def dit() -> DiTTransformer2DModel:
 
 
 def latte() -> LatteTransformer3DModel:
-    """BENCHMARK-NOTES.md Q6: 8 frames x 1 channel x 16x16, patch 2, heads 4 x dim 16, 2 layers."""
+    """docs/reference-benchmark.md Q6: 8 frames x 1 channel x 16x16, patch 2, heads 4 x dim 16, 2 layers."""
     torch.manual_seed(0)
     return LatteTransformer3DModel(
         num_attention_heads=4,

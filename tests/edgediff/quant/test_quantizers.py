@@ -124,7 +124,7 @@ def test_act_quantizer_needs_calibration_and_can_be_bypassed():
 @pytest.mark.parametrize("method", ["minmax", "lp"])
 @pytest.mark.parametrize("bits", [8, 4, 2, (8, 4, 3, 2)])
 def test_symmetric_weights_have_mid_zero_point_and_signed_codes(method, bits):
-    """`w_symmetric`: z = 2^(b-1) exactly, so q - z is a signed b-bit code (METHODS.md 1.7)."""
+    """`w_symmetric`: z = 2^(b-1) exactly, so q - z is a signed b-bit code (docs/methods.md 1.7)."""
     w = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
     wq = WeightQuantizer(4, bits, symmetric=True)
     wq.init_range(w, method)

@@ -1,7 +1,7 @@
 """Size measurement behind docs/export-passes.md (slow; run with ``pytest -m slow ... -s``).
 
 A 16.8M-parameter stack of 34 3x3 convolutions (channels 4 -> 128 -> 256 -> 4, the widths of the
-17.7M UNet in DEPLOY.md section 11) with per-channel symmetric fake-quantized weights exported as
+17.7M UNet in docs/deployment.md section 11) with per-channel symmetric fake-quantized weights exported as
 float initializer -> QuantizeLinear -> DequantizeLinear, folded at 8, 4 and 2 bits.
 """
 

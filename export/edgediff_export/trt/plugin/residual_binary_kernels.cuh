@@ -1,4 +1,4 @@
-// edgediff: CUDA kernels for the binary-residual linear / conv ops (METHODS.md section 2.4).
+// edgediff: CUDA kernels for the binary-residual linear / conv ops (docs/methods.md section 2.4).
 //
 // This header has two halves:
 //   * constants shared by the kernels and their callers (always visible, also under NVRTC);
