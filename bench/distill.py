@@ -1,4 +1,4 @@
-"""Step-distillation benchmark (issue 7 point 4): FD vs sampling steps for DDIM, PD and RDD.
+"""Step-distillation benchmark: FD vs sampling steps for DDIM, PD and RDD.
 
 1. Trains (or reuses, when the stage folders exist) the PD chain 32 -> 16 -> 8 -> 4 -> 2 -> 1 and
    the RDD chain, which shares PD's 32 -> 16 -> 8 stages and runs RDD for 8 -> 4 -> 2 -> 1
@@ -109,7 +109,7 @@ def main() -> None:
         "seeds": args.seeds,
         "sampler": "DDIM eta 0, trailing spacing, x0 clipped to [-1, 1], final alpha 1",
         "protocol_note": (
-            f"{args.samples} samples per seed (the issue's protocol asks for more; the shared 2-core CPU "
+            f"{args.samples} samples per seed (the full protocol asks for 2,000; the shared 2-core CPU "
             "cannot sample 2,000 x 256 steps per seed in the time available). The same noise tensor per "
             "seed is used by every row. The 8-step RDD row is the shared PD 16->8 stage."
         ),
@@ -266,7 +266,8 @@ def _fds(result: dict, method: str, steps: int) -> list[float]:
 
 
 def orderings(result: dict) -> dict:
-    """The issue's "Done when" orderings, per seed (paired: same noise) and beyond the seed spread."""
+    """The target orderings (RDD below PD; RDD vs the teacher's DDIM at 4 steps), per seed (paired:
+    same noise) and beyond the seed spread."""
     out = {}
     variants = sorted({r["method"] for r in result["rows"]} - {"teacher-ddim", "pd", "rdd"})
     for method, steps in [(m, s) for m in ("rdd", *variants) for s in (1, 2)]:
@@ -442,7 +443,7 @@ def write_docs(result: dict) -> None:
         f"![FD vs steps](figures/distill_fd.png)\n\n{table}\n\n"
         f"Per-stage training (same budget for PD and RDD at every stage; RDD reuses the PD 32->16->8 "
         f"stages; 1 CPU thread, shared machine):\n\n{stages}\n\n"
-        f'Orderings of the issue\'s "Done when" (FD rounded in the table, exact in the JSON):'
+        f"Target orderings (FD rounded in the table, exact in the JSON):"
         f"\n\n{fd_rows}\n\n"
         f"Samples (seed {seeds[0]}, first 16 per row; rows: DDIM, PD, RDD at 1, then 2, then 4 steps): "
         f"`docs/figures/distill_samples.png`. Details: `docs/distillation.md`.\n",

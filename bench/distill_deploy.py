@@ -1,4 +1,4 @@
-"""Distilled, then quantized, then exported (issue 7 point 5): quality and end-to-end latency.
+"""Distilled, then quantized, then exported: quality and end-to-end latency.
 
 A few-step distilled student (default: the 4-step RDD student written by `bench.distill`) is
 quantized with `ptq` at W8A8 and W4A8 for its own step count, exported to an ONNX bundle for the

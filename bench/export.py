@@ -1,4 +1,4 @@
-"""Export benchmark (issue 4): ONNX size and ONNX Runtime CPU latency per UNet call.
+"""Export benchmark: ONNX size and ONNX Runtime CPU latency per UNet call.
 
 FP32 and the reference model quantized with `ptq` at W8A8, W4A8 and W2A4, each exported with
 the `ort` placement (Q/DQ on inputs and outputs) and the `trt` placement (inputs only, symmetric

@@ -1,4 +1,4 @@
-"""MPQ-DMv2 W2A4 bundle (issue 6 point 5): size next to FP32 and W4A8, where its bytes go, parity.
+"""MPQ-DMv2 W2A4 bundle: size next to FP32 and W4A8, where its bytes go, parity.
 
 Quantizes the reference model with `mpqdmv2` at W2A4 (binary residual, OOLRI additive LoRA,
 per-step scales), exports it with the `ort` placement for x86-cpu and measures `model.onnx`

@@ -1,4 +1,4 @@
-"""Where an ONNX Runtime CPU call of the reference UNet spends its time, per operator type (issue 4).
+"""Where an ONNX Runtime CPU call of the reference UNet spends its time, per operator type.
 
 Profiles the FP32 bundle and the W8A8 symmetric-weight `ort` bundle (the fastest quantized one in
 `bench.export`) with ONNX Runtime's own profiler at one batch size, and derives the speed-up

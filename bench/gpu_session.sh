@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks of one leased-device session, as one command (run from the repository root):
 #   1. CUDA tests: the quantization methods on CUDA vs CPU, the TensorRT plugin kernels (CuPy);
-#   2. the MPQ benchmark at the issue-6 protocol (2000 samples x 2 seeds, all W2A4 rows) on the
+#   2. the MPQ benchmark at the 2,000-sample protocol (2000 samples x 2 seeds, all W2A4 rows) on the
 #      GPU, rows as parallel processes, merged into $OUT/mpq_gpu_2000.json.
 # Needs python3 with torch (CUDA), CuPy and pytest; diffusers comes from .whl/ when present
 # (here: `pip download --no-deps --only-binary=:all: -d .whl diffusers==0.42.1 importlib_metadata`,
 # then carry .whl). Override the benchmark with MPQ_ARGS and its time limit with MPQ_DEADLINE (s).
-# Measured on an H100 (session 5): tests about 45 s, the 10 W2A4 rows 203 s.
+# Measured on an H100: tests about 45 s, the 10 W2A4 rows 203 s.
 set -u
 OUT=${OUT:-/tmp/edgediff_gpu_out}
 mkdir -p "$OUT"

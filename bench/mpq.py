@@ -1,4 +1,4 @@
-"""MPQ-DM / MPQ-DMv2 benchmark on the reference model (issue 6, docs/methods.md 1.6, 2.3).
+"""MPQ-DM / MPQ-DMv2 benchmark on the reference model (docs/methods.md 1.6, 2.3).
 
 Rows (same seeded noise for every row, paired with the FP samples of that seed): FP, `ptq`,
 `efficientdm`, MPQ-DM (OMQ only; OMQ + TRD; OMQ with random channel selection as the control),
@@ -391,7 +391,7 @@ def main() -> None:
         )
     )
     deviation = (
-        f"Deviation from issue 6: {args.samples} samples per seed instead of 2000 (2-core CPU budget). "
+        f"Deviation from the protocol: {args.samples} samples per seed instead of 2000 (2-core CPU budget). "
         if args.samples < 2000
         else ""
     )

@@ -1,4 +1,4 @@
-"""Quality benchmark of the quantization baselines on the reference model (issue 3).
+"""Quality benchmark of the quantization baselines on the reference model.
 
 For every bit setting and method (FP, `ptq`, `efficientdm`) the model is sampled with 50 DDIM
 steps from the same seeded noise as the FP model (rows are paired), and scored: FD against the

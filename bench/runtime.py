@@ -1,4 +1,4 @@
-"""Runtime benchmark (issue 5): end-to-end image generation, W8A8 bundle on ONNX Runtime CPU vs the
+"""Runtime benchmark: end-to-end image generation, W8A8 bundle on ONNX Runtime CPU vs the
 PyTorch FP32 model, same DDIM sampler and steps, in alternating fresh processes.
 
 Usage: `python -m bench.runtime [--work /tmp/edgediff-bench] [--steps 20] [--batches 1 64] [--repeats 3]`.

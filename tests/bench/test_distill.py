@@ -1,4 +1,4 @@
-"""bench.distill: the issue's orderings, per seed and beyond the seed spread, for RDD and its variants."""
+"""bench.distill: the target orderings, per seed and beyond the seed spread, for RDD and its variants."""
 
 from bench.distill import orderings
 

@@ -168,7 +168,7 @@ def test_symmetric_weights_export_as_int8_and_keep_parity(folders):
 
 
 def test_mpqdmv2_w2a4_bundle_has_residual_nodes_and_passes_parity(folders):
-    """Issue 6 point 5: an MPQ-DMv2 model (binary residual, OOLRI additive LoRA, per-step scales,
+    """An MPQ-DMv2 model (binary residual, OOLRI additive LoRA, per-step scales,
     pre-scaling) exports with the custom residual node and replays within its tolerances."""
     import onnx
 

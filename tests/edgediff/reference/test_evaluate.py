@@ -1,4 +1,4 @@
-"""`edgediff eval` must tell a good model from a bad one (issue 2, Done when)."""
+"""`edgediff eval` must tell a good model from a bad one."""
 
 import json
 

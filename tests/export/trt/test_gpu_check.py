@@ -37,7 +37,7 @@ def gc():
 
 
 def test_imports_without_cupy_and_exits_2_at_the_cupy_import(tmp_path):
-    """Run as the lead will (python3 path/to/gpu_check.py), with cupy missing: stops at the import."""
+    """Run the way a user would (python3 path/to/gpu_check.py), with cupy missing: stops at the import."""
     proc = subprocess.run(
         [sys.executable, str(GPU_CHECK), "--skip-nvcc"],
         capture_output=True,
