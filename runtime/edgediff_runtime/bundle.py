@@ -434,7 +434,7 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 
 def version_at_least(installed: str, minimum: str) -> bool:
-    """``installed >= minimum`` comparing the leading numeric components (``1.20.1`` >= ``1.20``)."""
+    """``installed >= minimum`` comparing leading numeric components (``1.20.1`` >= ``1.20``)."""
     a, b = _version_tuple(installed), _version_tuple(minimum)
     width = max(len(a), len(b))
     return a + (0,) * (width - len(a)) >= b + (0,) * (width - len(b))
