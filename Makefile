@@ -6,11 +6,16 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint bench clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml runtime/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# CPU torch first, pinned, so nothing later can pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
+	# A venv from before the split has edgediff owning the edgediff-run script; reinstalling it
+	# after the runtime would delete that script, so it goes first.
+	$(PY) -m pip uninstall -q -y edgediff 2>/dev/null || true
+	# The runtime distribution (not on PyPI) before the main package, which requires it.
+	$(PY) -m pip install -q -e ./runtime
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 

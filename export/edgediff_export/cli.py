@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_commands(sub)
     _add_export_commands(sub)
 
-    dev = sub.add_parser("devices", help="device profiles (devices/*.toml)")
+    dev = sub.add_parser("devices", help="device profiles (packaged with edgediff-runtime)")
     dev_sub = dev.add_subparsers(dest="dev_cmd", required=True)
     p = dev_sub.add_parser("list", help="list the known device profiles")
     p.set_defaults(func=_cmd_devices_list)

@@ -1,4 +1,4 @@
-"""A small validator for the subset of JSON Schema (draft 2020-12) used by ``devices/schema.json``.
+"""A small validator for the subset of JSON Schema (draft 2020-12) used by ``profiles/schema.json``.
 
 Supported keywords: ``type`` (a name or a list of names), ``enum``, ``const``, ``required``,
 ``properties``, ``additionalProperties`` (boolean), ``items`` (one schema), ``minItems``,

@@ -1,10 +1,12 @@
 """Device profiles as data
-(docs/design.md section 5): ``devices/*.toml`` validated by ``devices/schema.json``.
+(docs/design.md section 5): ``profiles/*.toml`` validated by ``profiles/schema.json``, shipped as
+package data of ``edgediff_runtime`` and read with :mod:`importlib.resources`, so a wheel install
+finds them; ``$EDGEDIFF_DEVICES`` names a folder of your own profiles instead.
 
 A profile pins what a bundle may assume about its target: CPU arch, SM version, JetPack / CUDA /
 TensorRT versions, memory, the precisions the hardware runs, DLA cores, the TensorRT plugin
 flavour and the ONNX Runtime providers. The exporter embeds ``DeviceProfile.to_dict()`` in the
-bundle manifest, so the device itself needs no ``devices/`` folder; :func:`check_host` refuses to
+bundle manifest, so the device itself needs no profile files; :func:`check_host` refuses to
 run a bundle on a host it was not built for.
 """
 
@@ -14,58 +16,37 @@ import json
 import os
 import platform
 from dataclasses import dataclass, fields
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgediff_runtime._schema import schema_errors
 from edgediff_runtime.errors import RuntimeStageError
 
-# The same schema as devices/schema.json (a test keeps them identical); packaged here so an
-# embedded profile can be validated on a device that has no devices/ folder.
-PROFILE_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "edgediff device profile",
-    "description": "One target device for edgediff bundles (docs/design.md section 5).",
-    "type": "object",
-    "additionalProperties": False,
-    "required": [
-        "name", "description", "arch", "memory_gb", "model_memory_gb", "precisions", "dla",
-        "plugin_flavour", "ort_providers", "max_opset",
-    ],
-    "properties": {
-        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
-        "description": {"type": "string", "minLength": 1},
-        "arch": {"enum": ["aarch64", "x86_64"]},
-        "sm": {"type": ["integer", "null"], "minimum": 50, "maximum": 200},
-        "jetpack": {"type": ["string", "null"], "pattern": "^[0-9]+(\\.[0-9]+)*$"},
-        "cuda": {"type": ["string", "null"], "pattern": "^[0-9]+(\\.[0-9]+)*$"},
-        "tensorrt": {"type": ["string", "null"], "pattern": "^[0-9]+(\\.[0-9]+)*$"},
-        "memory_gb": {"type": "number", "exclusiveMinimum": 0},
-        "model_memory_gb": {"type": "number", "exclusiveMinimum": 0},
-        "precisions": {
-            "type": "array",
-            "minItems": 1,
-            "uniqueItems": True,
-            "items": {
-                "enum": ["fp32", "fp16", "bf16", "fp8", "int8", "int4-weight-only", "int2-weight-only"]
-            },
-        },
-        "dla": {"type": "integer", "minimum": 0},
-        "plugin_flavour": {"enum": ["ipluginv3-cpp", "ipluginv2-dynamic-ext", "qdp-aot", "none"]},
-        "ort_providers": {
-            "type": "array",
-            "minItems": 1,
-            "uniqueItems": True,
-            "items": {
-                "enum": [
-                    "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider",
-                ]
-            },
-        },
-        "max_opset": {"type": "integer", "minimum": 7},
-        "notes": {"type": "string"},
-    },
-}
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+PROFILES_PACKAGE = "edgediff_runtime"
+PROFILES_FOLDER = "profiles"
+
+
+def packaged_profiles() -> Traversable:
+    """The profiles shipped as package data (``edgediff_runtime/profiles/``), wherever it is installed."""
+    return resources.files(PROFILES_PACKAGE) / PROFILES_FOLDER
+
+
+def _read_schema(path: Traversable) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RuntimeStageError(
+            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}; fix the file"
+        ) from None
+
+
+# The packaged ``profiles/schema.json``: validates shipped profiles, user profiles and the profile
+# a bundle embeds (a device needs no profiles folder of its own).
+PROFILE_SCHEMA: dict[str, Any] = _read_schema(packaged_profiles() / "schema.json")
 
 # Fields that may be left out of a profile (TOML has no null): absent means None.
 _NULLABLE = ("sm", "jetpack", "cuda", "tensorrt")
@@ -169,15 +150,19 @@ def validate(
         raise RuntimeStageError(f"{source}: {errors[0]}{more}; {fix}")
 
 
-def devices_dir() -> Path:
-    """``$EDGEDIFF_DEVICES`` if set, else ``<repo>/devices`` next to the ``runtime/`` folder."""
+def devices_dir() -> Traversable:
+    """``$EDGEDIFF_DEVICES`` if set (a folder of your own profiles), else the packaged profiles."""
     env = os.environ.get("EDGEDIFF_DEVICES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "devices"
+    return packaged_profiles()
 
 
-def _load_toml(path: Path) -> dict[str, Any]:
+def _stem(path: Traversable) -> str:
+    return path.name.removesuffix(".toml")
+
+
+def _load_toml(path: Traversable) -> dict[str, Any]:
     try:
         import tomllib  # Python >= 3.11
     except ModuleNotFoundError:  # pragma: no cover - exercised on Python 3.10 (JetPack 6)
@@ -196,34 +181,27 @@ def _load_toml(path: Path) -> dict[str, Any]:
         raise RuntimeStageError(f"cannot read device profile {path}: {exc.strerror}") from None
 
 
-def load_schema(folder: Path | None = None) -> dict[str, Any]:
-    """The profile schema from ``<folder>/schema.json`` (or the packaged copy when the folder has none)."""
+def load_schema(folder: Traversable | None = None) -> dict[str, Any]:
+    """The profile schema from ``<folder>/schema.json`` (or the packaged one when the folder has none)."""
     folder = devices_dir() if folder is None else folder
     path = folder / "schema.json"
-    if not path.is_file():
-        return PROFILE_SCHEMA
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RuntimeStageError(
-            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}; fix the file"
-        ) from None
+    return _read_schema(path) if path.is_file() else PROFILE_SCHEMA
 
 
-def list_profiles(folder: Path | None = None) -> list[str]:
-    """Names of the profiles in the devices folder, sorted."""
+def list_profiles(folder: Traversable | None = None) -> list[str]:
+    """Names of the profiles in the profiles folder (:func:`devices_dir`), sorted."""
     folder = devices_dir() if folder is None else folder
     if not folder.is_dir():
         return []
-    return sorted(p.stem for p in folder.glob("*.toml"))
+    return sorted(_stem(p) for p in folder.iterdir() if p.name.endswith(".toml") and p.is_file())
 
 
 def load_profile(name_or_path: str | os.PathLike[str]) -> DeviceProfile:
-    """Load a profile by name (``devices/<name>.toml``) or by path to a ``.toml`` file."""
+    """Load a profile by name (packaged, or in ``$EDGEDIFF_DEVICES`` when set) or by path to a ``.toml``."""
     raw = str(name_or_path)
-    path = Path(raw)
-    if raw.endswith(".toml") or os.sep in raw or path.is_file():
-        folder = path.parent
+    path: Traversable = Path(raw)
+    if raw.endswith(".toml") or os.sep in raw or Path(raw).is_file():
+        folder: Traversable = Path(raw).parent
         if not path.is_file():
             raise RuntimeStageError(f"device profile file {path} does not exist; check the path")
     else:
@@ -236,10 +214,10 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> DeviceProfile:
             )
     data = _load_toml(path)
     validate(data, load_schema(folder), source=path.name)
-    if data["name"] != path.stem:
+    if data["name"] != _stem(path):
         raise RuntimeStageError(
             f"{path.name}: field 'name' is '{data['name']}' but the "
-            f"file is named '{path.stem}.toml'; make them match"
+            f"file is named '{_stem(path)}.toml'; make them match"
         )
     return DeviceProfile.from_dict(data, source=path.name)
 

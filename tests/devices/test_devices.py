@@ -65,8 +65,26 @@ def test_shipped_profiles_are_present_and_valid():
         assert load_profile(name).name == name
 
 
-def test_schema_json_is_the_packaged_schema():
-    assert json.loads((devices_dir() / "schema.json").read_text()) == PROFILE_SCHEMA
+def test_profiles_are_package_data_found_without_the_source_tree():
+    """The default folder is inside the installed package, not a path relative to a checkout."""
+    import edgediff_runtime
+
+    folder = Path(str(devices_dir()))
+    assert folder == Path(edgediff_runtime.__file__).parent / "profiles"
+    assert json.loads((folder / "schema.json").read_text()) == PROFILE_SCHEMA
+    assert PROFILE_SCHEMA["title"] == "edgediff device profile"
+    assert set(PROFILE_SCHEMA["required"]) <= set(PROFILE_SCHEMA["properties"])
+
+
+def test_env_folder_replaces_packaged_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """$EDGEDIFF_DEVICES without a schema.json falls back to the packaged schema."""
+    monkeypatch.setenv("EDGEDIFF_DEVICES", str(tmp_path))
+    assert list_profiles() == []
+    assert load_schema() == PROFILE_SCHEMA
+    (tmp_path / "my-board.toml").write_text(GOOD.format(name="my-board"))
+    assert list_profiles() == ["my-board"]
+    with pytest.raises(RuntimeStageError, match="unknown device profile 'x86-cpu'; known profiles: my-board"):
+        load_profile("x86-cpu")
 
 
 @pytest.mark.parametrize("name", ORIN)

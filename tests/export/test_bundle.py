@@ -13,6 +13,7 @@ from edgediff_export.cli import main as edgediff_main
 from edgediff_export.errors import ExportError
 from edgediff_runtime.backends import open_backend
 from edgediff_runtime.bundle import load_bundle
+from edgediff_runtime.devices import devices_dir
 from edgediff_runtime.parity import run_parity
 from tests.export.helpers import tiny_unet
 
@@ -90,8 +91,7 @@ def test_opset_and_device_checks(folders, tmp_path):
     with pytest.raises(ExportError, match="needs a TensorRT device"):
         export_bundle(folders / "q", tmp_path / "b.edgediff", ExportOptions(steps=STEPS, placement="trt"))
     tiny = tmp_path / "tiny-device.toml"
-    profile = shutil.os.path.dirname(__file__) + "/../../devices/x86-cpu.toml"
-    text = open(profile).read().replace('name = "x86-cpu"', 'name = "tiny-device"')
+    text = (devices_dir() / "x86-cpu.toml").read_text().replace('name = "x86-cpu"', 'name = "tiny-device"')
     text = "\n".join(
         "model_memory_gb = 0.0001" if line.startswith("model_memory_gb") else line
         for line in text.splitlines()

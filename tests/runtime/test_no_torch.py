@@ -66,7 +66,7 @@ def test_runtime_imports_and_runs_without_torch(tiny_bundle: Path):
 
 def test_console_script_help():
     exe = shutil.which("edgediff-run") or str(Path(sys.executable).with_name("edgediff-run"))
-    assert Path(exe).exists(), "edgediff-run is not installed; pip install -e ."
+    assert Path(exe).exists(), "edgediff-run is not installed; pip install -e ./runtime"
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "info" in proc.stdout and "parity" in proc.stdout and "bench" in proc.stdout

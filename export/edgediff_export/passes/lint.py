@@ -1,7 +1,7 @@
 """Lint an ONNX model against TensorRT's rules and a device profile (docs/design.md section 5).
 
 ``lint(model, profile)`` returns one :class:`Violation` per problem; export refuses to write a bundle
-while any remain. The profile is a dict with the keys of ``devices/*.toml`` that matter here:
+while any remain. The profile is a dict with the device-profile keys that matter here:
 ``name``, ``tensorrt`` (version string; absent/empty = the device runs ONNX Runtime only, and the
 TensorRT-only rules are skipped), ``precisions`` (``fp32``, ``fp16``, ``bf16``, ``fp8``, ``int8``,
 ``int4-weight-only``, ``int2-weight-only``), ``max_opset``, ``plugin_flavour``.
@@ -100,7 +100,7 @@ def _profile_dict(profile: Mapping[str, Any] | Any) -> dict[str, Any]:
         return dict(profile)
     if hasattr(profile, "to_dict"):
         return dict(profile.to_dict())
-    raise TypeError("profile must be a dict (devices/*.toml keys) or have to_dict()")
+    raise TypeError("profile must be a dict (device profile keys) or have to_dict()")
 
 
 def _type_name(t: int) -> str:

@@ -124,7 +124,7 @@ def test_bad_requests_are_one_line_errors(profile, kwargs, message):
 
 
 def test_repository_device_profiles():
-    """The DeviceProfile objects of devices/*.toml (to_dict()) work as well as plain dicts."""
+    """The DeviceProfile objects of the packaged profiles (to_dict()) work as well as plain dicts."""
     devices = pytest.importorskip("edgediff_runtime.devices")
     try:
         orin = devices.load_profile("jetson-agx-orin-64gb")
