@@ -139,7 +139,8 @@ def ddim_sample(
     conditioning: Conditioning | None = None,
     guidance_scale: float | None = None,
 ) -> SampleResult:
-    """Run `num_steps` DDIM steps from `noise` (N, C, H, W) or (N, C, F, H, W); samples in [-1, 1].
+    """Run `num_steps` DDIM steps from `noise` (N, C, H, W) or (N, C, F, H, W); the samples are
+    clamped to the config's `clip_sample_range` when it clips (the reference: [-1, 1]).
 
     `conditioning` (one row per sample, or one row for all) goes to every model call;
     `guidance_scale` w (not None, not 1) applies classifier-free guidance with its null rows.
@@ -179,8 +180,12 @@ def ddim_sample(
             bar.update(1)
         outputs.append(x.detach().cpu())
     bar.close()
+    images = torch.cat(outputs)
+    if scheduler.config.clip_sample:  # pixel-space models; latents (SD: clip_sample False) stay as they are
+        bound = float(scheduler.config.clip_sample_range)
+        images = images.clamp(-bound, bound)
     return SampleResult(
-        images=torch.cat(outputs).clamp(-1.0, 1.0),
+        images=images,
         trajectory=[torch.cat(t) for t in trajectory] if keep_trajectory else [],
         timesteps=timesteps,
     )
