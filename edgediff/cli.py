@@ -79,6 +79,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from edgediff.models.sample import write_samples
+
+    grid = Path(args.grid) if args.grid else None
+    images = write_samples(
+        args.model, args.num, args.steps, args.seed, Path(args.out), conditioning_request(args), grid
+    )
+    print(f"saved {args.out} ({tuple(images.shape)} samples)" + (f"; grid: {grid}" if grid else ""))
+    return 0
+
+
 _MPQ_FLAGS = {  # argparse dest -> (config field, value transform)
     "smooth": ("smooth", None),
     "omq": ("omq", lambda v: v == "on"),
@@ -157,6 +168,16 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", help="write a sample grid PNG here (default: next to --json)")
     add_conditioning_args(p, "of the samples")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("sample", help="sample any model with DDIM (conditioned, guided) to safetensors")
+    p.add_argument("--model", required=True, help="'reference[:NAME]', a diffusers or a quantized folder")
+    p.add_argument("--out", required=True, help="safetensors file: 'samples' and the conditions used")
+    p.add_argument("--num", type=positive_int("--num"), default=16, help="samples (default 16)")
+    p.add_argument("--steps", type=positive_int("--steps"), default=50, help="DDIM steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grid", help="also write a PNG grid (1- or 3-channel image models)")
+    add_conditioning_args(p, "default for a label-conditioned model: seeded random labels")
+    p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
         "quantize", help="quantize a model (ptq | efficientdm | mpqdm | mpqdmv2) and save a quantized folder"

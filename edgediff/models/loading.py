@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,7 +53,6 @@ class LoadedModel:
     signature: ModelSignature | None = None
     conditions: tuple[ConditionInput, ...] = ()
     label_table: LabelTable | None = None
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.signature is None:

@@ -6,7 +6,8 @@ conditioning kwargs to pass, how to split a learned-sigma output), the exporter 
 inputs and their dynamic axes) and, through the bundle manifest, the runtime.
 
 Shapes are symbolic: `"batch"` is the dynamic batch axis, other strings name config-derived
-sizes that `ModelSignature.input_shapes` resolves from the model's config.
+sizes that `ModelSignature.conditions_for(config)` resolves to ints from the model's config
+(`"tokens"`, the text length, stays symbolic).
 """
 
 from __future__ import annotations

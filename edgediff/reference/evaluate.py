@@ -17,14 +17,15 @@ import numpy as np
 import torch
 
 from edgediff.errors import EdgediffError
-from edgediff.models.conditioning import Conditioning, ConditioningRequest, build_conditioning
-from edgediff.models.loading import LoadedModel, load_model
+from edgediff.models.conditioning import ConditioningRequest, build_conditioning
+from edgediff.models.loading import load_model
+from edgediff.models.sample import sample_model
 from edgediff.reference.classifier import load_classifier
 from edgediff.reference.data import load_digits16
 from edgediff.reference.grid import save_grid
 from edgediff.reference.metrics import QualityReport, classify, evaluate_samples
 from edgediff.reference.model import BUNDLED_CLASSIFIER
-from edgediff.sampling import ddim_sample, ddim_settings, seeded_noise
+from edgediff.sampling import ddim_settings
 from edgediff.utils.atomic import atomic_file
 
 DIGITS_SHAPE = (1, 16, 16)
@@ -36,29 +37,6 @@ def real_features() -> np.ndarray:
     images, _ = load_digits16()
     feats, _ = classify(classifier, images)
     return feats
-
-
-def sample_model(
-    loaded: LoadedModel,
-    samples: int,
-    steps: int,
-    seed: int,
-    progress: bool = False,
-    conditioning: Conditioning | None = None,
-    guidance_scale: float | None = None,
-) -> torch.Tensor:
-    """`samples` seeded DDIM samples of `loaded` (conditioned and guided when given)."""
-    noise = seeded_noise(samples, loaded.sample_shape, seed)
-    return ddim_sample(
-        loaded.unet,
-        loaded.scheduler_config,
-        noise,
-        steps,
-        set_step=loaded.set_step,
-        progress=progress,
-        conditioning=conditioning,
-        guidance_scale=guidance_scale,
-    ).images
 
 
 def evaluate(

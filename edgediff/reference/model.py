@@ -60,10 +60,18 @@ def resolve_model_path(model: str | Path) -> Path:
 
 
 def load_pipeline_parts(model: str | Path) -> tuple[torch.nn.Module, DDPMScheduler]:
-    """Load `(denoiser, scheduler)` from a local diffusers folder, never from a hub."""
+    """Load `(unet, scheduler)` of an unconditional `UNet2DModel` folder (what step distillation
+    trains), never from a hub; other models get a one-line error."""
+    from edgediff.errors import EdgediffError
     from edgediff.models.loading import load_fp
 
     loaded = load_fp(model)
+    if loaded.signature.class_name != "UNet2DModel" or loaded.conditions:
+        raise EdgediffError(
+            f"{loaded.path} holds a {loaded.signature.class_name}"
+            f"{' with ' + ', '.join(loaded.condition_names) if loaded.conditions else ''}; "
+            "this command supports unconditional UNet2DModel models"
+        )
     return loaded.unet, DDPMScheduler.from_config(loaded.scheduler_config)
 
 

@@ -114,6 +114,7 @@ def test_guided_calibration_sees_both_halves(cases):
 
 
 def _one_line_rc2(capsys, argv):
+    capsys.readouterr()  # drop the output of earlier commands
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0]
@@ -136,3 +137,23 @@ def test_cli_conditioning_errors(cases, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
     msg = _one_line_rc2(capsys, ["eval", "--model", str(cases["dit"][0]), "--samples", "2", "--steps", "1"])
     assert "digit" in msg
+
+
+def test_sample_command_writes_samples_and_conditions(cases, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    folder = cases["table"][0]
+    out = tmp_path / "s.safetensors"
+    argv = ["sample", "--model", str(folder), "--out", str(out), "--num", "3", "--steps", "2"]
+    assert main([*argv, "--labels", "4,-", "--guidance", "2"]) == 0, capsys.readouterr().err
+    got = load_file(str(out))
+    assert got["samples"].shape == (3, 4, 8, 8)
+    table = load_model(folder).label_table
+    assert torch.equal(got["cond.encoder_hidden_states"][0], table.encode(torch.tensor([[4, 10]]))[0])
+    grid = tmp_path / "g.png"
+    argv = ["sample", "--model", str(cases["class_unet"][0]), "--out", str(out), "--num", "2", "--steps", "1"]
+    assert main([*argv, "--grid", str(grid)]) == 0 and grid.is_file()
+    msg = _one_line_rc2(
+        capsys, ["sample", "--model", str(cases["latte"][0]), "--out", str(out), "--grid", str(grid)]
+    )
+    assert "--grid" in msg
