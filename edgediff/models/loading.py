@@ -149,6 +149,18 @@ def load_fp(model: str | Path) -> LoadedModel:
     return loaded
 
 
+def _reference_ddim_choices(scheduler_config: dict, source: str | None) -> dict:
+    """A quantized folder of a bundled reference written before the reference recorded its DDIM
+    choices holds the DDPM default `leading` and no `set_alpha_to_one`; it was calibrated and
+    sampled with the reference's trailing grid and final alpha 1, which it keeps."""
+    if source is None or not is_reference(source) or "set_alpha_to_one" in scheduler_config:
+        return scheduler_config
+    folder = find_model_folder(source)
+    recorded = read_json(folder.scheduler) if folder.scheduler else {}
+    keys = ("timestep_spacing", "set_alpha_to_one")
+    return {**scheduler_config, **{k: recorded[k] for k in keys if k in recorded}}
+
+
 def load_quantized_model(path: Path) -> LoadedModel:
     """Load an edgediff quantized folder (`recipe.json`)."""
     from edgediff.quant import set_step
@@ -160,7 +172,7 @@ def load_quantized_model(path: Path) -> LoadedModel:
     net.eval()
     loaded = LoadedModel(
         unet=net,
-        scheduler_config=dict(scheduler_config),
+        scheduler_config=_reference_ddim_choices(dict(scheduler_config), source),
         path=Path(path),
         quantized=True,
         source_model=source_path,

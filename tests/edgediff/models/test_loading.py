@@ -87,3 +87,19 @@ def test_bad_folders_are_one_line_errors(tmp_path):
     nodenoiser.mkdir()
     (nodenoiser / "model_index.json").write_text(json.dumps({"vae": ["diffusers", "AutoencoderKL"]}))
     assert "no unet/ or transformer/" in _one_line(lambda: load_model(nodenoiser))
+
+
+def test_old_reference_quantized_folders_keep_their_ddim_choices(tmp_path):
+    from edgediff.methods import quantize_model
+
+    out = tmp_path / "q"
+    quantize_model("reference", "ptq", "W8A8", out, num_steps=2, progress=False, calib_samples=2)
+    assert load_model(out).scheduler_config["timestep_spacing"] == "trailing"
+    # as written before the reference recorded them: DDPM's default spacing, no final-alpha key
+    cfg_file = out / "scheduler_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["timestep_spacing"] = "leading"
+    del cfg["set_alpha_to_one"]
+    cfg_file.write_text(json.dumps(cfg))
+    cfg = load_model(out).scheduler_config
+    assert cfg["timestep_spacing"] == "trailing" and cfg["set_alpha_to_one"] is True
