@@ -116,6 +116,17 @@ def _check_table(loaded: LoadedModel) -> None:
         )
 
 
+_WEIGHTS = "diffusion_pytorch_model"
+
+
+def _variant(denoiser: Path) -> str | None:
+    """`fp16` for a folder that holds only fp16-variant weights (as many hub snapshots do)."""
+    plain = [f"{_WEIGHTS}.safetensors", f"{_WEIGHTS}.bin", f"{_WEIGHTS}.safetensors.index.json"]
+    if any((denoiser / name).is_file() for name in plain):
+        return None
+    return "fp16" if any(denoiser.glob(f"{_WEIGHTS}*.fp16.*")) else None
+
+
 def load_fp(model: str | Path) -> LoadedModel:
     """Load an FP diffusers model/pipeline folder or named reference (never downloads)."""
     import diffusers
@@ -126,7 +137,7 @@ def load_fp(model: str | Path) -> LoadedModel:
     if cls is None:
         raise EdgediffError(f"this diffusers ({diffusers.__version__}) has no class {folder.class_name}")
     try:
-        net = cls.from_pretrained(folder.denoiser, local_files_only=True)
+        net = cls.from_pretrained(folder.denoiser, local_files_only=True, variant=_variant(folder.denoiser))
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as exc:
         raise EdgediffError(f"cannot load model from {folder.denoiser}: {_first_line(exc)}") from exc
     net.eval()

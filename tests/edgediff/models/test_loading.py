@@ -103,3 +103,15 @@ def test_old_reference_quantized_folders_keep_their_ddim_choices(tmp_path):
     cfg_file.write_text(json.dumps(cfg))
     cfg = load_model(out).scheduler_config
     assert cfg["timestep_spacing"] == "trailing" and cfg["set_alpha_to_one"] is True
+
+
+def test_fp16_variant_only_folders_load(tmp_path):
+    model = cond_unet()
+    model.half().save_pretrained(tmp_path / "v" / "unet", variant="fp16")
+    (tmp_path / "v" / "model_index.json").write_text(
+        json.dumps({"unet": ["diffusers", "UNet2DConditionModel"]})
+    )
+    loaded = load_model(tmp_path / "v")
+    ref = cond_unet().half().float()
+    name, weight = next(iter(ref.state_dict().items()))
+    assert torch.equal(loaded.unet.state_dict()[name].float(), weight), name
