@@ -33,6 +33,21 @@ def positive_int(kind: str):
     return parse
 
 
+def add_conditioning_args(p: argparse.ArgumentParser, what: str) -> None:
+    """`--labels`, `--cond`, `--guidance` (edgediff.models.conditioning)."""
+    g = p.add_argument_group(f"conditioning ({what})")
+    g.add_argument("--labels", help="labels per sample, comma-separated ('7,2'; '-' = empty slot)")
+    g.add_argument("--cond", help="safetensors file of condition tensors (null.<name>: for guidance)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale w (1 = none)")
+
+
+def conditioning_request(args: argparse.Namespace):
+    from edgediff.models.conditioning import ConditioningRequest
+
+    cond = Path(args.cond) if args.cond else None
+    return ConditioningRequest(labels=args.labels, cond_file=cond, guidance=args.guidance)
+
+
 def _cmd_reference_train(args: argparse.Namespace) -> int:
     from edgediff.reference.trainer import ReferenceTrainConfig, train_reference
 
@@ -58,8 +73,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     json_out = Path(args.json) if args.json else None
     grid = Path(args.grid) if args.grid else (json_out.with_suffix(".png") if json_out else None)
-    result = evaluate(args.model, args.samples, args.steps, args.seed, json_out, grid)
+    request = conditioning_request(args)
+    result = evaluate(args.model, args.samples, args.steps, args.seed, json_out, grid, conditioning=request)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from edgediff.models.sample import write_samples
+
+    grid = Path(args.grid) if args.grid else None
+    images = write_samples(
+        args.model, args.num, args.steps, args.seed, Path(args.out), conditioning_request(args), grid
+    )
+    print(f"saved {args.out} ({tuple(images.shape)} samples)" + (f"; grid: {grid}" if grid else ""))
     return 0
 
 
@@ -109,6 +136,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         options=quantize_options(args),
         symmetric_weights=args.symmetric_weights,
         device=args.device,
+        calib_samples=args.calib_samples,
+        conditioning=conditioning_request(args),
     )
     print(f"saved {args.out} ({meta['method']} {meta['bits']}, {meta['seconds']} s)")
     return 0
@@ -137,12 +166,25 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the report here")
     p.add_argument("--grid", help="write a sample grid PNG here (default: next to --json)")
+    add_conditioning_args(p, "of the samples")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("sample", help="sample any model with DDIM (conditioned, guided) to safetensors")
+    p.add_argument("--model", required=True, help="'reference[:NAME]', a diffusers or a quantized folder")
+    p.add_argument("--out", required=True, help="safetensors file: 'samples' and the conditions used")
+    p.add_argument("--num", type=positive_int("--num"), default=16, help="samples (default 16)")
+    p.add_argument("--steps", type=positive_int("--steps"), default=50, help="DDIM steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grid", help="also write a PNG grid (1- or 3-channel image models)")
+    add_conditioning_args(p, "default for a label-conditioned model: seeded random labels")
+    p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
         "quantize", help="quantize a model (ptq | efficientdm | mpqdm | mpqdmv2) and save a quantized folder"
     )
-    p.add_argument("--model", required=True, help="'reference' or a local diffusers folder")
+    p.add_argument(
+        "--model", required=True, help="'reference[:NAME]', a local diffusers model or pipeline folder"
+    )
     p.add_argument("--method", required=True, choices=["ptq", "efficientdm", "mpqdm", "mpqdmv2"])
     p.add_argument("--bits", required=True, help="W<1-8>A<1-8|16>, e.g. W8A8, W4A8, W2A4")
     p.add_argument("--recipe", help="a recipe JSON file (overrides the default recipe for --bits)")
@@ -166,6 +208,13 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch", type=positive_int("--batch"), default=None, help="fine-tuning batch (32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--calib-samples",
+        type=positive_int("--calib-samples"),
+        default=64,
+        help="FP sampler trajectories used for calibration (default 64)",
+    )
+    add_conditioning_args(p, "of calibration; default for a label-conditioned model: seeded random labels")
     p.add_argument(
         "--device",
         default="auto",

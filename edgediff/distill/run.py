@@ -31,6 +31,7 @@ from edgediff.errors import EdgediffError
 from edgediff.reference.classifier import TinyCNN, load_classifier
 from edgediff.reference.data import load_digits16
 from edgediff.reference.model import BUNDLED_CLASSIFIER, load_pipeline_parts, save_pipeline
+from edgediff.sampling import DEFAULT_SPACING
 from edgediff.train.loop import LoopConfig, TrainLoop, seed_everything
 from edgediff.utils.atomic import atomic_file, check_writable
 
@@ -241,6 +242,9 @@ def distill(
     out = Path(out)
     check_writable(out / "x")
     teacher, scheduler = load_pipeline_parts(model)
+    # students learn the trailing grid that ends at alpha-bar 1 (pd.py); their folders must say so
+    trailing = {"timestep_spacing": DEFAULT_SPACING, "set_alpha_to_one": True}
+    scheduler = DDPMScheduler.from_config({**dict(scheduler.config), **trailing})
     scheduler_config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
     if scheduler_config.get("prediction_type") != "v_prediction":
         raise EdgediffError(

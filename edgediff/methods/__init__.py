@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from edgediff.errors import EdgediffError
+from edgediff.models.conditioning import ConditioningRequest
 
 METHODS = ("ptq", "efficientdm", "mpqdm", "mpqdmv2")
 
@@ -30,6 +31,8 @@ def quantize_model(
     options: dict | None = None,
     symmetric_weights: bool = False,
     device: str = "auto",
+    calib_samples: int = 64,
+    conditioning: ConditioningRequest | None = None,
 ) -> dict:
     """Run `method` at `bits` on the FP model folder (or 'reference'); write `out`; return its meta.
 
@@ -39,9 +42,14 @@ def quantize_model(
     ONNX export ships int8 weights with zero point 0 (ONNX Runtime's faster u8s8 kernels).
     `device`: auto (CUDA when available), cpu or cuda; calibration, search and fine-tuning run
     there and the folder is written from CPU tensors either way.
+    `calib_samples`: FP trajectories for calibration. `conditioning`: the calibration (and
+    fine-tuning) conditions and guidance; a label-conditioned model without `--labels` gets
+    seeded random labels (`edgediff.models.conditioning.build_conditioning`).
     """
+    from edgediff.models.conditioning import build_conditioning
+    from edgediff.models.loading import load_fp
     from edgediff.quant import Recipe, parse_bits, save_quantized
-    from edgediff.reference.model import load_pipeline_parts, resolve_model_path
+    from edgediff.reference import is_reference
 
     if method not in METHODS:
         raise EdgediffError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
@@ -59,12 +67,22 @@ def quantize_model(
         if not path.is_file():
             raise EdgediffError(f"recipe file not found: {path}")
         recipe = Recipe.from_json(path.read_text())
-    source = resolve_model_path(model)
-    fp, scheduler = load_pipeline_parts(model)
+    if calib_samples < 1:
+        raise EdgediffError(f"--calib-samples must be at least 1, got {calib_samples}")
+    loaded = load_fp(model)
+    source, fp = loaded.path, loaded.unet
+    request = conditioning or ConditioningRequest()
+    cond = build_conditioning(loaded, request, calib_samples, seed=seed, random_default=True)
+    if method in ("mpqdm", "mpqdmv2") and (cond or loaded.signature.class_name != "UNet2DModel"):
+        raise EdgediffError(
+            f"{method} supports unconditional UNet2DModel models; use ptq or efficientdm for "
+            f"{loaded.signature.class_name}"
+        )
     if recipe is not None:
         recipe.validate(fp)
     fp = fp.to(target)
-    sched_cfg = dict(scheduler.config)
+    sched_cfg = dict(loaded.scheduler_config)
+    guidance = request.guidance if request.guided else None
     t0 = time.perf_counter()
     record: dict = {}
     if method == "ptq":
@@ -74,19 +92,33 @@ def quantize_model(
         if symmetric_weights:
             recipe = (recipe or default_recipe(bits, fp, a_mode=PTQConfig().a_mode)).with_symmetric_weights()
 
-        qmodel, recipe = run_ptq(fp, sched_cfg, bits, recipe, PTQConfig(seed=seed), num_steps, progress)
+        qmodel, recipe = run_ptq(
+            fp,
+            sched_cfg,
+            bits,
+            recipe,
+            PTQConfig(seed=seed, calib_samples=calib_samples),
+            num_steps,
+            progress,
+            conditioning=cond,
+            guidance_scale=guidance,
+        )
     else:
         from edgediff.methods.efficientdm import EfficientDMConfig, run_efficientdm
 
         trajectories = max(1, (updates or 1000) // num_steps)
         extra = {"batch_size": batch} if batch else {}
-        base = EfficientDMConfig(num_steps=num_steps, trajectories=trajectories, seed=seed, **extra)
+        base = EfficientDMConfig(
+            num_steps=num_steps, trajectories=trajectories, seed=seed, calib_samples=calib_samples, **extra
+        )
         if method == "efficientdm":
             if symmetric_weights:
                 from edgediff.methods.efficientdm import efficientdm_recipe
 
                 recipe = (recipe or efficientdm_recipe(bits, fp, base)).with_symmetric_weights()
-            qmodel, recipe, record = run_efficientdm(fp, sched_cfg, bits, recipe, base, progress)
+            qmodel, recipe, record = run_efficientdm(
+                fp, sched_cfg, bits, recipe, base, progress, conditioning=cond, guidance_scale=guidance
+            )
         elif method == "mpqdm":
             from edgediff.methods.mpqdm import MPQDMConfig, run_mpqdm
 
@@ -100,8 +132,10 @@ def quantize_model(
     meta = {
         "method": method,
         "bits": bits.upper(),
-        "source_model": "reference" if str(model) == "reference" else str(source.resolve()),
+        "source_model": str(model) if is_reference(model) else str(source.resolve()),
         "seed": seed,
+        "calib_samples": calib_samples,
+        "conditioning": _conditioning_record(request, cond),
         "num_steps": num_steps,
         "seconds": round(time.perf_counter() - t0, 1),
         "training": record,
@@ -109,8 +143,22 @@ def quantize_model(
     base_config = {k: v for k, v in dict(fp.config).items() if not k.startswith("_")}
     sched_cfg = {k: v for k, v in sched_cfg.items() if not k.startswith("_")}
     meta["device"] = str(target)
-    save_quantized(qmodel.cpu(), recipe, out, base_config, sched_cfg, meta)
+    save_quantized(qmodel.cpu(), recipe, out, base_config, sched_cfg, meta, label_table=loaded.label_table)
     return meta
+
+
+def _conditioning_record(request: ConditioningRequest, cond) -> dict:
+    """What the calibration was conditioned on, for the quantized folder's meta."""
+    if not cond:
+        return {"kind": "none"}
+    kind = "labels" if request.labels else "file" if request.cond_file else "random labels"
+    return {
+        "kind": kind,
+        "labels": request.labels,
+        "cond_file": str(request.cond_file) if request.cond_file else None,
+        "guidance": request.guidance,
+        "names": sorted(cond.values),
+    }
 
 
 def resolve_device(device: str) -> torch.device:

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edgediff.models.call import denoise
+from edgediff.models.conditioning import Conditioning, guided_batch
+from edgediff.models.signature import signature_of
 from edgediff.quant import set_step
-from edgediff.sampling import ddim_prev_timesteps, ddim_step, make_ddim
+from edgediff.sampling import cfg_combine, ddim_prev_timesteps, ddim_step, make_ddim
 
 
 @dataclass
@@ -16,7 +19,10 @@ class TrajectoryStream:
     """Walks seeded FP DDIM trajectories one step per call (docs/methods.md 6.6: data-free
     fine-tuning; the inputs `x_t` come from the FP model's own sampler, one update per step).
 
-    `next()` returns `(step_index, x_t, t, fp_output)` and advances the FP latent.
+    `next()` returns `(step_index, x_t, t, fp_output)` and advances the FP latent; the
+    conditions of that batch are in `cond` (pass them to `quant_forward`). Trajectory k takes
+    rows `k*B .. k*B+B-1` (cycled) of `conditioning`. With `guidance_scale` the FP latent follows
+    the guided sampler and the returned batch is the model call's `[x; x]` with `[cond; null]`.
     """
 
     fp: nn.Module
@@ -26,8 +32,14 @@ class TrajectoryStream:
     sample_shape: tuple[int, ...]
     seed: int = 0
     eta: float = 0.0
+    conditioning: Conditioning | None = None
+    guidance_scale: float | None = None
 
     def __post_init__(self) -> None:
+        self._cond_all = self.conditioning or Conditioning({})
+        self._guided = self.guidance_scale is not None and self.guidance_scale != 1.0
+        self._trajectory = 0
+        self.cond: dict[str, torch.Tensor] = {}
         self._sched = make_ddim(self.scheduler_config)
         self._sched.set_timesteps(self.num_steps)
         self._timesteps = [int(t) for t in self._sched.timesteps]
@@ -42,21 +54,35 @@ class TrajectoryStream:
         if self._i >= self.num_steps:
             self._x = torch.randn((self.batch_size, *self.sample_shape), generator=self._gen).to(self.device)
             self._i = 0
+            self._new_conditions()
         i, t = self._i, self._timesteps[self._i]
         x = self._x
+        if self._guided:
+            x = torch.cat([x, x])
         tt = torch.full((x.shape[0],), t, dtype=torch.long, device=self.device)
-        out = self.fp(x, tt).sample
-        self._x = ddim_step(self._sched, out, t, self._prev[i], x, self.eta)
+        out = denoise(self.fp, x, tt, self.cond)
+        guided = cfg_combine(*out.chunk(2), float(self.guidance_scale)) if self._guided else out
+        self._x = ddim_step(self._sched, guided, t, self._prev[i], self._x, self.eta)
         self._i += 1
         return i, x, tt, out
 
+    def _new_conditions(self) -> None:
+        if not self._cond_all:
+            return
+        start = self._trajectory * self.batch_size
+        idx = torch.arange(start, start + self.batch_size) % self._cond_all.batch
+        rows = self._cond_all.rows(idx).to(self.device)
+        self.cond = guided_batch(rows) if self._guided else rows.values
+        self._trajectory += 1
 
-def quant_forward(model: nn.Module, x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+
+def quant_forward(
+    model: nn.Module, x: torch.Tensor, t: torch.Tensor, step: int, cond: dict | None = None
+) -> torch.Tensor:
     set_step(model, step)
-    return model(x, t).sample
+    return denoise(model, x, t, cond)
 
 
-def sample_shape(unet: nn.Module) -> tuple[int, int, int]:
-    cfg = unet.config
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    return (cfg.in_channels, size, size)
+def sample_shape(unet: nn.Module) -> tuple[int, ...]:
+    """One sample's shape, `(C, H, W)` or `(C, F, H, W)` (edgediff.models.signature)."""
+    return signature_of(unet).sample_shape(unet.config)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgediff.methods.common import TrajectoryStream, quant_forward, sample_shape
+from edgediff.models.conditioning import Conditioning
 from edgediff.quant import LoRASpec, Recipe, calibrate, collect_calibration, default_recipe, quantize_
 from edgediff.train.loop import LoopConfig, TrainLoop, seed_everything
 
@@ -76,17 +77,29 @@ def finetune(
     description: str = "efficientdm",
     groups: list[dict] | None = None,
     on_step=None,
+    conditioning: Conditioning | None = None,
+    guidance_scale: float | None = None,
 ) -> dict:
     """Distil `fp` into the quantized `model` along FP trajectories; returns the training record.
 
     `extra_loss(step, x, t)` is added to the task loss after the quantized forward (forward
     hooks on both models see the FP and quantized features of the same step); `groups`
     replaces `param_groups(model, cfg)`; `on_step(update, model)` runs before every update.
+    `conditioning`/`guidance_scale` condition the FP trajectories (`TrajectoryStream`).
     """
     seed_everything(cfg.seed)
     for p in fp.parameters():
         p.requires_grad_(False)
-    stream = TrajectoryStream(fp, scheduler_config, cfg.num_steps, cfg.batch_size, sample_shape(fp), cfg.seed)
+    stream = TrajectoryStream(
+        fp,
+        scheduler_config,
+        cfg.num_steps,
+        cfg.batch_size,
+        sample_shape(fp),
+        cfg.seed,
+        conditioning=conditioning,
+        guidance_scale=guidance_scale,
+    )
     loop = TrainLoop(
         model,
         LoopConfig(
@@ -108,7 +121,7 @@ def finetune(
         if on_step is not None:
             on_step(update, loop.model)
         step, x, t, target = stream.next()
-        out = quant_forward(loop.model, x, t, step)
+        out = quant_forward(loop.model, x, t, step, stream.cond)
         loss = F.mse_loss(out, target)
         if extra_loss is not None:
             loss = loss + extra_loss(step, x, t)
@@ -135,6 +148,8 @@ def run_efficientdm(
     recipe: Recipe | None = None,
     cfg: EfficientDMConfig = EfficientDMConfig(),
     progress: bool = True,
+    conditioning: Conditioning | None = None,
+    guidance_scale: float | None = None,
 ) -> tuple[nn.Module, Recipe, dict]:
     """Quantize, calibrate on FP trajectories, then fine-tune; returns (model, recipe, training record)."""
     model = copy.deepcopy(fp).eval()
@@ -148,7 +163,12 @@ def run_efficientdm(
         seed=cfg.seed,
         sample_shape=sample_shape(fp),
         progress=progress,
+        conditioning=conditioning,
+        guidance_scale=guidance_scale,
     )
     calibrate(model, data, seed=cfg.seed, progress=progress)
-    record = finetune(model, fp, scheduler_config, cfg, progress=progress)
+    record = finetune(
+        model, fp, scheduler_config, cfg, progress=progress,
+        conditioning=conditioning, guidance_scale=guidance_scale
+    )
     return model, recipe, record

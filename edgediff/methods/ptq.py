@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from edgediff.methods.common import sample_shape
+from edgediff.models.conditioning import Conditioning
 from edgediff.quant import Recipe, calibrate, collect_calibration, default_recipe, quantize_
 
 
@@ -32,8 +33,11 @@ def run_ptq(
     cfg: PTQConfig = PTQConfig(),
     num_steps: int | None = None,
     progress: bool = True,
+    conditioning: Conditioning | None = None,
+    guidance_scale: float | None = None,
 ) -> tuple[nn.Module, Recipe]:
-    """Return a calibrated fake-quantized copy of `fp` and the recipe used."""
+    """Return a calibrated fake-quantized copy of `fp` and the recipe used; calibration runs
+    the FP sampler with `conditioning` (and `guidance_scale`: both halves)."""
     model = copy.deepcopy(fp).eval()
     recipe = recipe or default_recipe(bits, model, a_mode=cfg.a_mode)
     steps = num_steps or cfg.calib_steps
@@ -46,6 +50,8 @@ def run_ptq(
         seed=cfg.seed,
         sample_shape=sample_shape(fp),
         progress=progress,
+        conditioning=conditioning,
+        guidance_scale=guidance_scale,
     )
     calibrate(model, data, seed=cfg.seed, progress=progress)
     return model, recipe

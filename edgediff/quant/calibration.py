@@ -1,8 +1,10 @@
 """Calibration: FP-trajectory inputs and range initialisation (docs/methods.md 6.2, 6.3, 6.9).
 
 `collect_calibration` runs the FP model's own seeded DDIM trajectories and keeps the input
-of every step, `(x_t, t, step_index)`; the input of step i is the latent before step i
-(the noise for i = 0). `calibrate` runs those inputs through the model with quantizers off,
+of every step, `(x_t, t, step_index)` and the sample's conditions; the input of step i is the
+latent before step i (the noise for i = 0). With classifier-free guidance the model sees every
+latent twice, with the conditions and with the null conditions, so both halves are kept.
+`calibrate` runs those inputs through the model with quantizers off,
 records each quantized layer's input with forward pre-hooks, and then initialises, per
 layer: smoothing δ (if the recipe asks), the weight range (recipe's `w_range`), the binary
 residual, and the activation range (`a_range`): one range for `static`, one per step for
@@ -20,6 +22,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from edgediff.errors import EdgediffError
+from edgediff.models.call import denoise
+from edgediff.models.conditioning import Conditioning
+from edgediff.models.signature import signature_of
 from edgediff.quant.layers import QuantLayer
 from edgediff.quant.quantize import quant_disabled, quant_layers, set_step
 from edgediff.quant.stats import ActStats
@@ -70,13 +75,9 @@ class CalibrationData:
 
 def _sample_shape(unet: nn.Module) -> tuple[int, ...]:
     cfg = getattr(unet, "config", None)
-    if cfg is None or "in_channels" not in cfg or "sample_size" not in cfg:
-        raise EdgediffError(
-            "cannot infer the sample shape from the model config; pass sample_shape=(C, H, W)"
-        )
-    size = cfg["sample_size"]
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    return (cfg["in_channels"], h, w)
+    if cfg is None:
+        raise EdgediffError("cannot infer the sample shape from the model config; pass sample_shape=")
+    return signature_of(unet).sample_shape(cfg)
 
 
 def collect_calibration(
@@ -89,11 +90,16 @@ def collect_calibration(
     sample_shape: tuple[int, ...] | None = None,
     batch_size: int = 256,
     progress: bool = False,
+    conditioning: Conditioning | None = None,
+    guidance_scale: float | None = None,
 ) -> CalibrationData:
     """Inputs of every step of `num_samples` seeded DDIM trajectories of the FP `unet`
-    (docs/methods.md 6.9)."""
+    (docs/methods.md 6.9), conditioned by `conditioning` (rows cycled to `num_samples`) and
+    guided by `guidance_scale`; a guided step contributes its cond and its null half."""
     shape = tuple(sample_shape) if sample_shape else _sample_shape(unet)
     noise = seeded_noise(num_samples, shape, seed)
+    cond = (conditioning or Conditioning({})).repeat_to(num_samples)
+    guided = guidance_scale is not None and guidance_scale != 1.0
     was_training = unet.training
     unet.eval()
     try:
@@ -106,16 +112,23 @@ def collect_calibration(
             set_step=lambda i: set_step(unet, i),
             keep_trajectory=True,
             progress=progress,
+            conditioning=cond,
+            guidance_scale=guidance_scale,
         )
     finally:
         unet.train(was_training)
     inputs = [noise, *res.trajectory[:-1]]
-    n = noise.shape[0]
+    step_cond = cond.values
+    if guided:  # each step's model call saw [x; x] with [cond; null]
+        inputs = [torch.cat([x, x]) for x in inputs]
+        step_cond = {k: torch.cat([v, cond.null[k]]) for k, v in cond.values.items()}
+    n = inputs[0].shape[0]
     return CalibrationData(
         x=torch.cat(inputs),
         t=torch.tensor(res.timesteps, dtype=torch.long).repeat_interleave(n),
         step=torch.arange(num_steps, dtype=torch.long).repeat_interleave(n),
         num_steps=num_steps,
+        cond={k: v.repeat(num_steps, *([1] * (v.ndim - 1))) for k, v in step_cond.items()},
     )
 
 
@@ -157,7 +170,7 @@ def _record(
             chunks = list(data.batches(batch_size))
             for step, x, t, cond in tqdm(chunks, desc="calibrating", disable=not progress, leave=False):
                 current[0] = step
-                model(x.to(device), t.to(device), **{k: v.to(device) for k, v in cond.items()})
+                denoise(model, x.to(device), t.to(device), {k: v.to(device) for k, v in cond.items()})
     finally:
         for h in handles:
             h.remove()

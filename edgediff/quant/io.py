@@ -68,8 +68,10 @@ def save_quantized(
     base_config: dict,
     scheduler_config: dict,
     meta: dict,
+    label_table=None,
 ) -> Path:
-    """Write the quantized `model` to folder `out` atomically; returns `out`."""
+    """Write the quantized `model` to folder `out` atomically; returns `out`. A `label_table`
+    (`edgediff.models.label_table.LabelTable`) goes to `conditioning/` as in the FP folder."""
     cls_name = _model_class(model)
     weight = next((p for p in model.parameters() if p.is_floating_point()), None)
     unet_cfg = {**dict(base_config), "_class_name": dict(base_config).get("_class_name", cls_name)}
@@ -92,6 +94,8 @@ def save_quantized(
         for name, text in texts.items():
             (tmp / name).write_text(text + "\n", encoding="utf-8")
         save_model(model, str(tmp / "model.safetensors"))
+        if label_table is not None:
+            label_table.save(tmp)
     return out
 
 

@@ -248,6 +248,16 @@ _LAST = ("conv_out", "proj_out", "proj_out_1", "proj_out_2")
 _TIME_EMBEDDERS = ("TimestepEmbedding",)
 
 
+_TOKEN_BLOCKS = ("transformer_blocks", "temporal_transformer_blocks")
+
+
+def _is_transformer(model: nn.Module) -> bool:
+    from edgediff.models.signature import signature_for_class, supported_classes
+
+    name = type(model).__name__
+    return name in supported_classes() and signature_for_class(name).family == "transformer"
+
+
 def _layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
@@ -258,6 +268,12 @@ def default_recipe(bits: str, model: nn.Module, **overrides: Any) -> Recipe:
     First/last are found by name (`conv_in`/`pos_embed.proj`, `conv_out`/`proj_out*`), falling
     back to the first/last Linear/Conv2d of `model.named_modules()`. `overrides` go into the
     main `LayerQuant` (e.g. `a_mode="per_step"`); the W8A8 layers keep a static input quantizer.
+
+    Transformer models (`ModelSignature.family`): the Linear layers of the transformer blocks
+    quantize their input per token, dynamically (`dynamic_per_token`: one min-max range per
+    token at run time), when the main setting asks for a static range; a token's activations
+    (text tokens next to image patches, outlier tokens) do not share one static range well.
+    An explicit `per_step` request is kept, since the methods that ask for it train per-step ranges.
     """
     main = LayerQuant.parse(bits, **overrides)
     edge = LayerQuant(
@@ -269,5 +285,8 @@ def default_recipe(bits: str, model: nn.Module, **overrides: Any) -> Recipe:
     first = [n for n in _FIRST if n in layers] or layers[:1]
     last = [n for n in _LAST if n in layers] or layers[-1:]
     rules = [(n, edge) for n in dict.fromkeys(keep + first + last)]
+    if main.a_bits is not None and main.a_mode == "static" and _is_transformer(model):
+        token = replace(main, a_mode="dynamic_per_token")
+        rules += [(block, token) for block in _TOKEN_BLOCKS if block in modules]
     rules.append(("*", main))
     return Recipe(rules=tuple(rules), name=f"default-{bits.upper()}")

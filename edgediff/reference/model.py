@@ -12,10 +12,9 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from edgediff.errors import EdgediffError
+from edgediff.reference import ASSETS, REFERENCES
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-BUNDLED_MODEL = ASSETS / "digits16-ddpm"
+BUNDLED_MODEL = REFERENCES["digits16"]
 BUNDLED_CLASSIFIER = ASSETS / "digits16-classifier"
 
 UNET_CONFIG: dict = dict(
@@ -36,6 +35,9 @@ SCHEDULER_CONFIG: dict = dict(
     prediction_type="v_prediction",
     clip_sample=True,
     clip_sample_range=1.0,
+    # how DDIM samples it (edgediff.sampling.make_ddim reads both from the saved config):
+    timestep_spacing="trailing",
+    set_alpha_to_one=True,
 )
 
 
@@ -47,42 +49,30 @@ def build_unet(seed: int = 0) -> UNet2DModel:
 
 def build_scheduler() -> DDPMScheduler:
     """The training noise schedule: cosine (`squaredcos_cap_v2`), 1,000 steps, v-prediction."""
-    return DDPMScheduler(**SCHEDULER_CONFIG)
+    return DDPMScheduler.from_config(SCHEDULER_CONFIG)
 
 
 def resolve_model_path(model: str | Path) -> Path:
-    """Map `"reference"` to the bundled folder; check that any other path is a model folder."""
-    path = BUNDLED_MODEL if str(model) == "reference" else Path(model)
-    if not path.exists():
-        raise EdgediffError(f"model folder not found: {path} (pass an existing folder or 'reference')")
-    if not (path / "unet").is_dir() and not (path / "config.json").is_file():
+    """Map `reference[:NAME]` to its bundled folder; check any other path is a model folder."""
+    from edgediff.models.loading import resolve_model_path as resolve
+
+    return resolve(model)
+
+
+def load_pipeline_parts(model: str | Path) -> tuple[torch.nn.Module, DDPMScheduler]:
+    """Load `(unet, scheduler)` of an unconditional `UNet2DModel` folder (what step distillation
+    trains), never from a hub; other models get a one-line error."""
+    from edgediff.errors import EdgediffError
+    from edgediff.models.loading import load_fp
+
+    loaded = load_fp(model)
+    if loaded.signature.class_name != "UNet2DModel" or loaded.conditions:
         raise EdgediffError(
-            f"{path} is not a diffusers model folder (expected unet/ or config.json); "
-            "pass a folder written by save_pretrained or 'reference'"
+            f"{loaded.path} holds a {loaded.signature.class_name}"
+            f"{' with ' + ', '.join(loaded.condition_names) if loaded.conditions else ''}; "
+            "this command supports unconditional UNet2DModel models"
         )
-    return path
-
-
-def load_pipeline_parts(model: str | Path) -> tuple[UNet2DModel, DDPMScheduler]:
-    """Load `(unet, scheduler)` from a local diffusers folder, never from a hub."""
-    path = resolve_model_path(model)
-    try:
-        if (path / "unet").is_dir():
-            unet = UNet2DModel.from_pretrained(path / "unet", local_files_only=True)
-            sched_dir = path / "scheduler"
-            scheduler = (
-                DDPMScheduler.from_pretrained(sched_dir, local_files_only=True)
-                if sched_dir.is_dir()
-                else build_scheduler()
-            )
-        else:
-            unet = UNet2DModel.from_pretrained(path, local_files_only=True)
-            scheduler = build_scheduler()
-    except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgediffError(f"cannot load model from {path}: {first}") from exc
-    unet.eval()
-    return unet, scheduler
+    return loaded.unet, DDPMScheduler.from_config(loaded.scheduler_config)
 
 
 def save_pipeline(unet: UNet2DModel, scheduler: DDPMScheduler, out: Path) -> None:
