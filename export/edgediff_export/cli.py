@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgediff import __version__
 from edgediff.cli import add_train_commands, positive_int, run_command
+from edgediff.errors import EdgediffError
 from edgediff_runtime.errors import RuntimeStageError
 
 
@@ -180,7 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except EdgediffError as exc:  # an argparse type's value error (e.g. --bits), one line
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     return run_command(args, handled=(RuntimeStageError,))
 
