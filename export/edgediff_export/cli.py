@@ -129,7 +129,13 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
         help="ort: Q/DQ on inputs and outputs (ONNX Runtime fuses); trt: inputs only, symmetric int8",
     )
     p.add_argument("--device", default="x86-cpu", help="device profile (see 'edgediff devices list')")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps of the bundle (default 20)")
+    p.add_argument(
+        "--steps",
+        type=positive_int("--steps"),
+        default=None,
+        help="sampler steps of the bundle (default: the quantized folder's per-step table size; "
+        "20 when its activation scales are static)",
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: min(21, device max))")
     p.add_argument(
         "--residual",
