@@ -269,8 +269,8 @@ class QuantSpec:
     def summary(self) -> str:
         """``mpqdmv2 W2A4, 2.31 mean weight bits, per-step scales for 20 steps, placement ort``."""
         steps = f"per-step scales for {self.step_table} steps" if self.step_table else "static scales"
-        return f"{self.method} {self.label}, {self.mean_weight_bits:.2f} mean weight bits, {steps}, " \
-            f"placement {self.placement}"
+        bits = f"{self.mean_weight_bits:.2f} mean weight bits"
+        return f"{self.method} {self.label}, {bits}, {steps}, placement {self.placement}"
 
 
 @dataclass

@@ -177,10 +177,14 @@ def test_mpqdmv2_w2a4_bundle_has_residual_nodes_and_passes_parity(folders):
     quantize_model(
         folders / "fp", "mpqdmv2", "W2A4", q, num_steps=STEPS, updates=STEPS, batch=2, progress=False
     )
-    out = export_bundle(q, folders / "mpqdmv2.edgediff", OPTS, progress=False)
+    with pytest.raises(ExportError, match=f"per-step activation tables for {STEPS} steps but --steps is 3"):
+        export_bundle(q, folders / "mismatch.edgediff", ExportOptions(steps=3), progress=False)
+    # no --steps: the bundle follows the folder's per-step table
+    out = export_bundle(q, folders / "mpqdmv2.edgediff", ExportOptions(golden_samples=4), progress=False)
     bundle = load_bundle(out, verify=True)
     quant = bundle.manifest.quant
     assert (quant.method, quant.label, quant.step_table) == ("mpqdmv2", "W2A4", STEPS)
+    assert bundle.manifest.sampler.steps == STEPS
     # W8 edges, FP islands, sign bits and the additive LoRA all cost more than the 2-bit codes
     assert quant.mean_weight_bits > 2.0
     assert any(c.name.startswith("ResidualBinary") for c in bundle.manifest.onnx.custom_ops)
