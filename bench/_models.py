@@ -6,15 +6,27 @@ quantization or export code), so a changed model or exporter never reuses a stal
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from pathlib import Path
 
+from edgediff.errors import EdgediffError
 from edgediff.methods import quantize_model
+from edgediff.quant.bits import BitSetting
 from edgediff_export.bundle import ExportOptions, export_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANT_CODE = (ROOT / "edgediff" / "quant", ROOT / "edgediff" / "methods")
 EXPORT_CODE = (ROOT / "export" / "edgediff_export",)
+
+
+def bits_label(text: str) -> str:
+    """argparse type of the benchmarks' `--bits`: the setting's label (`w4a8` -> `W4A8`), which
+    keys their result rows; parsed by `BitSetting`, a bad value is a usage error."""
+    try:
+        return BitSetting.parse(text).label
+    except EdgediffError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def source_digest(*sources: str | Path) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench._models import EXPORT_CODE, QUANT_CODE, source_digest
+from bench._models import EXPORT_CODE, QUANT_CODE, bits_label, source_digest
 from bench._report import RESULTS_DIR, host_info, markdown_table, update_results_section
 from edgediff.methods import quantize_model
 from edgediff.reference.classifier import load_classifier
@@ -94,10 +94,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default=str(DEFAULT_STUDENT), help="a distilled diffusers folder")
     ap.add_argument("--student-steps", type=int, default=4)
-    ap.add_argument("--bits", nargs="+", default=["W8A8", "W4A8"])
+    ap.add_argument("--bits", nargs="+", type=bits_label, default=["W8A8", "W4A8"])
     ap.add_argument(
         "--symmetric-bits",
         nargs="*",
+        type=bits_label,
         default=["W8A8"],
         help="settings quantized with --symmetric-weights (int8 ONNX weights, ORT's u8s8 kernels)",
     )
@@ -125,7 +126,7 @@ def main() -> None:
         "student FP32": _bundle(student, work / "student-fp32.edgediff", steps, fp=True),
     }
     for bits in args.bits:
-        sym = bits.upper() in [b.upper() for b in args.symmetric_bits]
+        sym = bits in args.symmetric_bits
         q = work / f"student-{bits.lower()}{'-symw' if sym else ''}-ptq"
         if not (q / "recipe.json").is_file():
             quantize_model(student, "ptq", bits, q, num_steps=steps, progress=False, symmetric_weights=sym)

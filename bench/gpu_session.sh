@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of one leased-device session, as one command (run from the repository root):
-#   1. CUDA tests: the quantization methods on CUDA vs CPU, the TensorRT plugin kernels (CuPy);
+#   1. CUDA tests: the quantization methods on CUDA vs CPU, the TensorRT plugin kernels (CuPy,
+#      through bench/gpu_check.py; run that script alone for the timings);
 #   2. the MPQ benchmark at the 2,000-sample protocol (2000 samples x 2 seeds, all W2A4 rows) on the
 #      GPU, rows as parallel processes, merged into $OUT/mpq_gpu_2000.json.
 # Needs python3 with torch (CUDA), CuPy and pytest; diffusers comes from .whl/ when present

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench._models import bits_label
 from bench._report import RESULTS_DIR, ROOT, host_info, markdown_table, update_results_section
 from edgediff.methods.mpqdm import bits_summary
 from edgediff.quant import quant_layers, set_step
@@ -330,7 +331,7 @@ PROTOCOL_KEYS = ("samples", "steps", "seeds")
 
 def add_protocol_args(ap: argparse.ArgumentParser, samples: int) -> None:
     """Rows, protocol, budget, device and training seed: the options bench.mpq_parallel passes on."""
-    ap.add_argument("--bits", nargs="+", default=["W2A4"])
+    ap.add_argument("--bits", nargs="+", type=bits_label, default=["W2A4"])
     ap.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
     ap.add_argument("--samples", type=int, default=samples)
     ap.add_argument("--steps", type=int, default=50)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench._models import bits_label
 from bench._report import RESULTS_DIR, host_info, markdown_table, update_results_section
 from edgediff.methods.efficientdm import EfficientDMConfig, run_efficientdm
 from edgediff.methods.ptq import PTQConfig, run_ptq
@@ -42,7 +43,7 @@ def sample(model, sched_cfg, n: int, steps: int, seed: int, per_step: bool) -> t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bits", nargs="+", default=BITS)
+    ap.add_argument("--bits", nargs="+", type=bits_label, default=BITS)
     ap.add_argument("--methods", nargs="+", default=["ptq", "efficientdm"])
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--steps", type=int, default=50)
@@ -61,8 +62,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.cells:
         try:
-            cells = [(c.split(":")[0].upper(), c.split(":")[1]) for c in args.cells]
-        except IndexError:
+            cells = [(bits_label(c.split(":")[0]), c.split(":")[1]) for c in args.cells]
+        except (IndexError, argparse.ArgumentTypeError):
             raise SystemExit("error: --cells takes BITS:METHOD pairs, e.g. W2A8:ptq") from None
     else:
         cells = [(b, m) for b in args.bits for m in args.methods]

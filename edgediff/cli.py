@@ -90,34 +90,25 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-_MPQ_FLAGS = {  # argparse dest -> (config field, value transform)
-    "smooth": ("smooth", None),
-    "omq": ("omq", lambda v: v == "on"),
-    "omq_range": ("omq_range", None),
-    "selection": ("selection", None),
-    "fp_islands": ("fp_islands", None),
-    "trd": ("trd", None),
-    "trd_detach": ("trd_detach", None),
-    "trd_mode": ("trd_mode", None),
-    "residual": ("residual", lambda v: v == "on"),
-    "residual_balance": ("residual_balance", None),
-    "lora_init": ("lora_init", None),
-    "lora_mode": ("lora_mode", None),
-    "lora_rank": ("additive_rank", None),
-    "oolri_iters": ("oolri_iters", None),
-    "mtrd": ("mtrd", None),
-    "mtrd_time": ("mtrd_time", None),
-}
-
-
 def quantize_options(args: argparse.Namespace) -> dict:
-    """The mpqdm/mpqdmv2 switches given on the command line, as config field -> value."""
+    """The method switches given on the command line, as config field -> value (unset ones left out)."""
+    from edgediff.methods.registry import cli_options, methods
+
+    methods()
     out = {}
-    for dest, (name, fn) in _MPQ_FLAGS.items():
-        value = getattr(args, dest, None)
+    for key, (opt, _owners) in cli_options().items():
+        value = getattr(args, key, None)
         if value is not None:
-            out[name] = fn(value) if fn else value
+            out[key] = opt.value(value)
     return out
+
+
+def _bits(text: str):
+    """argparse type of `--bits`: a `BitSetting` (imported on use: the quantization core loads torch).
+    A bad value raises the stage's one-line `EdgediffError`, which argparse lets through."""
+    from edgediff.quant.bits import BitSetting
+
+    return BitSetting.parse(text)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -179,15 +170,17 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     add_conditioning_args(p, "default for a label-conditioned model: seeded random labels")
     p.set_defaults(func=_cmd_sample)
 
-    p = sub.add_parser(
-        "quantize", help="quantize a model (ptq | efficientdm | mpqdm | mpqdmv2) and save a quantized folder"
-    )
+    p = sub.add_parser("quantize", help="quantize a model (see --method) and save a quantized folder")
     p.add_argument(
         "--model", required=True, help="'reference[:NAME]', a local diffusers model or pipeline folder"
     )
-    p.add_argument("--method", required=True, choices=["ptq", "efficientdm", "mpqdm", "mpqdmv2"])
-    p.add_argument("--bits", required=True, help="W<1-8>A<1-8|16>, e.g. W8A8, W4A8, W2A4")
-    p.add_argument("--recipe", help="a recipe JSON file (overrides the default recipe for --bits)")
+    p.add_argument(
+        "--bits",
+        type=_bits,
+        help="W<1-8>A<1-8|16>, e.g. W8A8, W4A8, W2A4: picks the method's preset recipe "
+        "(optional with --recipe, which then must match it)",
+    )
+    p.add_argument("--recipe", help="a recipe JSON file (replaces the preset recipe for --bits)")
     p.add_argument(
         "--symmetric-weights",
         action="store_true",
@@ -220,7 +213,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="auto (CUDA when available), cpu or cuda: where calibration and fine-tuning run",
     )
-    _add_mpq_switches(p)
+    _add_method_options_on_use(p)
     p.set_defaults(func=_cmd_quantize)
 
     from edgediff.distill.cli import add_distill_command
@@ -228,26 +221,52 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     add_distill_command(sub)
 
 
-def _add_mpq_switches(p: argparse.ArgumentParser) -> None:
-    """Ablation switches of mpqdm / mpqdmv2 (docs/mpq.md); unset = the method's default."""
-    g = p.add_argument_group("mpqdm / mpqdmv2 switches (default: the method's own setting)")
-    g.add_argument("--no-smooth", dest="smooth", action="store_const", const=False, help="no pre-scaling δ")
-    g.add_argument("--omq", choices=["on", "off"], help="OMQ split search (mpqdm default on, mpqdmv2 off)")
-    g.add_argument("--no-omq", dest="omq", action="store_const", const="off", help="same as --omq off")
-    g.add_argument("--omq-range", choices=["paper", "code", "fixed"], help="split candidates (default paper)")
-    g.add_argument("--selection", choices=["kurtosis", "random", "error"], help="salient channel ranking")
-    g.add_argument("--no-fp-islands", dest="fp_islands", action="store_const", const=False)
-    g.add_argument("--no-trd", dest="trd", action="store_const", const=False, help="no TRD term")
-    g.add_argument("--trd-detach", action="store_const", const=True, help="released code: no TRD gradient")
-    g.add_argument("--trd-mode", choices=["target", "window"], help="docs/methods.md 7.3 option b / a")
-    g.add_argument("--residual", choices=["on", "off"], help="mpqdmv2 FZ-RMQ binary residual")
-    g.add_argument("--residual-balance", action="store_const", const=True, help="mpqdmv2: k channels at b-1")
-    g.add_argument("--lora-init", choices=["zero", "svd"], help="mpqdmv2 OOLRI (svd) or zero init")
-    g.add_argument("--lora-mode", choices=["additive", "merged"], help="mpqdmv2 LoRA placement")
-    g.add_argument("--lora-rank", type=positive_int("--lora-rank"), help="mpqdmv2 additive LoRA rank")
-    g.add_argument("--oolri-iters", type=positive_int("--oolri-iters"), help="mpqdmv2 SVD alternations")
-    g.add_argument("--no-mtrd", dest="mtrd", action="store_const", const=False, help="mpqdmv2: no MTRD")
-    g.add_argument("--mtrd-time", choices=["none", "window", "weight"], help="mpqdmv2 time-aware queue")
+def _add_method_options_on_use(p: argparse.ArgumentParser) -> None:
+    """`--method` and the registered methods' switches are added when `quantize` is parsed (its
+    `--help` included): building them imports the methods, and with them torch, which the other
+    commands do not need."""
+    parse = p.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        if not getattr(p, "_method_options_added", False):
+            _add_method_options(p)
+            p._method_options_added = True
+        return parse(args, namespace)
+
+    p.parse_known_args = parse_known_args
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """`--method` (the registry's names) and one option per `cli_field` of the methods' configs
+    (docs/mpq.md); an unset switch keeps the method's default."""
+    from edgediff.methods.registry import cli_options, methods
+
+    known = methods()
+    p.add_argument(
+        "--method",
+        required=True,
+        choices=list(known),
+        help="; ".join(f"{name}: {m.help}" for name, m in known.items()),
+    )
+    g = p.add_argument_group("method switches (default: the method's own setting)")
+    for key, (opt, owners) in cli_options().items():
+        where = f" [{', '.join(owners)}]"
+        if opt.kind == "switch_off":
+            g.add_argument(opt.flag, dest=key, action="store_const", const=False, help=opt.help + where)
+        elif opt.kind == "switch_on":
+            g.add_argument(opt.flag, dest=key, action="store_const", const=True, help=opt.help + where)
+        elif opt.kind == "on_off":
+            g.add_argument(opt.flag, dest=key, choices=["on", "off"], help=opt.help + where)
+            if opt.no_flag:
+                g.add_argument(
+                    opt.no_flag, dest=key, action="store_const", const="off", help=f"same as {opt.flag} off"
+                )
+        elif opt.kind == "choice":
+            g.add_argument(opt.flag, dest=key, choices=list(opt.choices), help=opt.help + where)
+        else:
+            g.add_argument(
+                opt.flag, dest=key, type=positive_int(opt.flag), metavar="N", help=opt.help + where
+            )
 
 
 def run_command(args: argparse.Namespace, handled: tuple[type[BaseException], ...] = ()) -> int:

@@ -1,7 +1,8 @@
 """Quantization methods: procedures over the shared quantization core (docs/design.md section 2).
 
 `quantize_model` is what `edgediff quantize` runs: load the FP model, run the method, save a
-quantized folder that records its source model, method, bits and training budget.
+quantized folder that records its source model, method, bits and training budget. The methods
+themselves are registered in `registry.py` (one module each).
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ import torch
 
 from edgediff.errors import EdgediffError
 from edgediff.models.conditioning import ConditioningRequest
-
-METHODS = ("ptq", "efficientdm", "mpqdm", "mpqdmv2")
+from edgediff.quant.bits import BitSetting
 
 
 def quantize_model(
     model: str | Path,
     method: str,
-    bits: str,
+    bits: BitSetting | str | None,
     out: Path,
     recipe_file: Path | None = None,
     seed: int = 0,
@@ -36,28 +36,30 @@ def quantize_model(
 ) -> dict:
     """Run `method` at `bits` on the FP model folder (or 'reference'); write `out`; return its meta.
 
-    `options` are `MPQDMConfig` / `MPQDMv2Config` fields (the CLI's ablation switches); the
-    meta records the method's full configuration under `training.method_config`.
-    `symmetric_weights` (ptq, efficientdm) sets `w_symmetric` on every layer of the recipe, so the
-    ONNX export ships int8 weights with zero point 0 (ONNX Runtime's faster u8s8 kernels).
-    `device`: auto (CUDA when available), cpu or cuda; calibration, search and fine-tuning run
-    there and the folder is written from CPU tensors either way.
-    `calib_samples`: FP trajectories for calibration. `conditioning`: the calibration (and
-    fine-tuning) conditions and guidance; a label-conditioned model without `--labels` gets
-    seeded random labels (`edgediff.models.conditioning.build_conditioning`).
+    `bits` picks the method's preset recipe; with `recipe_file` it may be None (the recipe's own
+    setting), else it must agree with the recipe's label. The meta's `bits` is the label of the
+    recipe that was used (`Recipe.label`). `options` are fields of the method's config (the CLI's
+    switches, `registry.cli_options`); the meta records the method's full configuration under
+    `training.method_config`. `symmetric_weights` (methods registered with it: ptq, efficientdm)
+    sets `w_symmetric` on every layer of the recipe, so the ONNX export ships int8 weights with
+    zero point 0 (ONNX Runtime's faster u8s8 kernels). `device`: auto (CUDA when available), cpu
+    or cuda; calibration, search and fine-tuning run there and the folder is written from CPU
+    tensors either way. `calib_samples`: FP trajectories for calibration. `conditioning`: the
+    calibration (and fine-tuning) conditions and guidance; a label-conditioned model without
+    `--labels` gets seeded random labels (`edgediff.models.conditioning.build_conditioning`).
     """
+    from edgediff.methods.registry import QuantizeJob, check_options, get_method
     from edgediff.models.conditioning import build_conditioning
     from edgediff.models.loading import load_fp
-    from edgediff.quant import Recipe, parse_bits, save_quantized
+    from edgediff.quant import Recipe, save_quantized
     from edgediff.reference import is_reference
 
-    if method not in METHODS:
-        raise EdgediffError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    parse_bits(bits)
+    spec = get_method(method)
+    setting = None if bits is None else BitSetting.of(bits)
     target = resolve_device(device)
     options = dict(options or {})
-    _check_options(method, options)
-    if symmetric_weights and method not in ("ptq", "efficientdm"):
+    check_options(spec, options)
+    if symmetric_weights and not spec.symmetric_weights:
         raise EdgediffError(
             f"--symmetric-weights applies to ptq and efficientdm; for {method} set w_symmetric in a --recipe"
         )
@@ -67,13 +69,21 @@ def quantize_model(
         if not path.is_file():
             raise EdgediffError(f"recipe file not found: {path}")
         recipe = Recipe.from_json(path.read_text())
+        if setting is not None and recipe.label != setting.label:
+            raise EdgediffError(
+                f"recipe {path.name} is {recipe.label} but --bits is {setting.label}; "
+                f"pass --bits {recipe.label} or leave --bits out"
+            )
+        setting = setting or recipe.bits or _label_setting(recipe, path)
+    if setting is None:
+        raise EdgediffError("no bit setting: pass --bits (e.g. W4A8) or a --recipe file")
     if calib_samples < 1:
         raise EdgediffError(f"--calib-samples must be at least 1, got {calib_samples}")
     loaded = load_fp(model)
     source, fp = loaded.path, loaded.unet
     request = conditioning or ConditioningRequest()
     cond = build_conditioning(loaded, request, calib_samples, seed=seed, random_default=True)
-    if method in ("mpqdm", "mpqdmv2") and (cond or loaded.signature.class_name != "UNet2DModel"):
+    if not spec.conditioned_models and (cond or loaded.signature.class_name != "UNet2DModel"):
         raise EdgediffError(
             f"{method} supports unconditional UNet2DModel models; use ptq or efficientdm for "
             f"{loaded.signature.class_name}"
@@ -82,56 +92,26 @@ def quantize_model(
         recipe.validate(fp)
     fp = fp.to(target)
     sched_cfg = dict(loaded.scheduler_config)
-    guidance = request.guidance if request.guided else None
+    job = QuantizeJob(
+        fp=fp,
+        scheduler_config=sched_cfg,
+        bits=setting,
+        recipe=recipe,
+        num_steps=num_steps,
+        seed=seed,
+        updates=updates,
+        batch=batch,
+        symmetric_weights=symmetric_weights,
+        progress=progress,
+        calib_samples=calib_samples,
+        conditioning=cond,
+        guidance_scale=request.guidance if request.guided else None,
+    )
     t0 = time.perf_counter()
-    record: dict = {}
-    if method == "ptq":
-        from edgediff.methods.ptq import PTQConfig, run_ptq
-        from edgediff.quant import default_recipe
-
-        if symmetric_weights:
-            recipe = (recipe or default_recipe(bits, fp, a_mode=PTQConfig().a_mode)).with_symmetric_weights()
-
-        qmodel, recipe = run_ptq(
-            fp,
-            sched_cfg,
-            bits,
-            recipe,
-            PTQConfig(seed=seed, calib_samples=calib_samples),
-            num_steps,
-            progress,
-            conditioning=cond,
-            guidance_scale=guidance,
-        )
-    else:
-        from edgediff.methods.efficientdm import EfficientDMConfig, run_efficientdm
-
-        trajectories = max(1, (updates or 1000) // num_steps)
-        extra = {"batch_size": batch} if batch else {}
-        base = EfficientDMConfig(
-            num_steps=num_steps, trajectories=trajectories, seed=seed, calib_samples=calib_samples, **extra
-        )
-        if method == "efficientdm":
-            if symmetric_weights:
-                from edgediff.methods.efficientdm import efficientdm_recipe
-
-                recipe = (recipe or efficientdm_recipe(bits, fp, base)).with_symmetric_weights()
-            qmodel, recipe, record = run_efficientdm(
-                fp, sched_cfg, bits, recipe, base, progress, conditioning=cond, guidance_scale=guidance
-            )
-        elif method == "mpqdm":
-            from edgediff.methods.mpqdm import MPQDMConfig, run_mpqdm
-
-            cfg = MPQDMConfig(base=base, **options)
-            qmodel, recipe, record = run_mpqdm(fp, sched_cfg, bits, recipe, cfg, progress)
-        else:
-            from edgediff.methods.mpqdmv2 import MPQDMv2Config, run_mpqdmv2
-
-            cfg = MPQDMv2Config(base=base, **options)
-            qmodel, recipe, record = run_mpqdmv2(fp, sched_cfg, bits, recipe, cfg, progress)
+    qmodel, recipe, record = spec.run(job, options)
     meta = {
         "method": method,
-        "bits": bits.upper(),
+        "bits": recipe.label,
         "source_model": str(model) if is_reference(model) else str(source.resolve()),
         "seed": seed,
         "calib_samples": calib_samples,
@@ -176,21 +156,11 @@ def resolve_device(device: str) -> torch.device:
     return target
 
 
-def _check_options(method: str, options: dict) -> None:
-    """Every option must be a field of the method's config (one-line error naming the first misfit)."""
-    if not options:
-        return
-    if method not in ("mpqdm", "mpqdmv2"):
+def _label_setting(recipe, path: Path) -> BitSetting:
+    """The setting a hand-written recipe's rules add up to (`Recipe.label`), when it is one W/A pair."""
+    try:
+        return BitSetting.parse(recipe.label)
+    except EdgediffError:
         raise EdgediffError(
-            f"option {next(iter(options))!r} applies to mpqdm/mpqdmv2 only; drop it for --method {method}"
-        )
-    from dataclasses import fields
-
-    from edgediff.methods.mpqdm import MPQDMConfig
-    from edgediff.methods.mpqdmv2 import MPQDMv2Config
-
-    cls = MPQDMConfig if method == "mpqdm" else MPQDMv2Config
-    names = {f.name for f in fields(cls)} - {"base"}
-    for key in options:
-        if key not in names:
-            raise EdgediffError(f"option {key!r} applies to mpqdmv2 only; use --method mpqdmv2 or drop it")
+            f"recipe {path.name} mixes bit widths ({recipe.label}); pass --bits with its nominal setting"
+        ) from None

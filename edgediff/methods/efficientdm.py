@@ -20,8 +20,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgediff.methods.common import TrajectoryStream, quant_forward, sample_shape
+from edgediff.methods.registry import Method, QuantizeJob, register
 from edgediff.models.conditioning import Conditioning
-from edgediff.quant import LoRASpec, Recipe, calibrate, collect_calibration, default_recipe, quantize_
+from edgediff.quant import (
+    BitSetting,
+    LoRASpec,
+    Recipe,
+    calibrate,
+    collect_calibration,
+    default_recipe,
+    quantize_,
+)
 from edgediff.train.loop import LoopConfig, TrainLoop, seed_everything
 
 
@@ -60,10 +69,27 @@ def param_groups(model: nn.Module, cfg: EfficientDMConfig) -> list[dict]:
     return [{"params": ps, "lr": lrs[k], "name": k} for k, ps in groups.items() if ps]
 
 
-def efficientdm_recipe(bits: str, model: nn.Module, cfg: EfficientDMConfig) -> Recipe:
+def efficientdm_recipe(bits: BitSetting | str, model: nn.Module, cfg: EfficientDMConfig) -> Recipe:
     """The default recipe at `bits` with merged rank-r LoRA and per-step activations on the main layers."""
     base = default_recipe(bits, model, a_mode="per_step", lora=LoRASpec(rank=cfg.lora_rank, mode="merged"))
-    return base.with_name(f"efficientdm-{bits.upper()}")
+    return base.with_name(f"efficientdm-{base.label}")
+
+
+DEFAULT_UPDATES = 1000
+
+
+def base_config(job: QuantizeJob) -> EfficientDMConfig:
+    """The fine-tuning budget of a job: `updates` (default 1000) as whole trajectories of
+    `num_steps` updates, the job's batch (default 32), seed and calibration size."""
+    trajectories = max(1, (job.updates or DEFAULT_UPDATES) // job.num_steps)
+    extra = {"batch_size": job.batch} if job.batch else {}
+    return EfficientDMConfig(
+        num_steps=job.num_steps,
+        trajectories=trajectories,
+        seed=job.seed,
+        calib_samples=job.calib_samples,
+        **extra,
+    )
 
 
 def finetune(
@@ -144,7 +170,7 @@ def finetune(
 def run_efficientdm(
     fp: nn.Module,
     scheduler_config: dict,
-    bits: str,
+    bits: BitSetting | str,
     recipe: Recipe | None = None,
     cfg: EfficientDMConfig = EfficientDMConfig(),
     progress: bool = True,
@@ -168,7 +194,41 @@ def run_efficientdm(
     )
     calibrate(model, data, seed=cfg.seed, progress=progress)
     record = finetune(
-        model, fp, scheduler_config, cfg, progress=progress,
-        conditioning=conditioning, guidance_scale=guidance_scale
+        model,
+        fp,
+        scheduler_config,
+        cfg,
+        progress=progress,
+        conditioning=conditioning,
+        guidance_scale=guidance_scale,
     )
     return model, recipe, record
+
+
+def run_job(job: QuantizeJob, options: dict) -> tuple[nn.Module, Recipe, dict]:
+    """`edgediff quantize --method efficientdm` (no switches of its own)."""
+    cfg = base_config(job)
+    recipe = job.recipe
+    if job.symmetric_weights:
+        recipe = (recipe or efficientdm_recipe(job.bits, job.fp, cfg)).with_symmetric_weights()
+    return run_efficientdm(
+        job.fp,
+        job.scheduler_config,
+        job.bits,
+        recipe,
+        cfg,
+        job.progress,
+        conditioning=job.conditioning,
+        guidance_scale=job.guidance_scale,
+    )
+
+
+METHOD = register(
+    Method(
+        "efficientdm",
+        EfficientDMConfig,
+        run_job,
+        help="QALoRA + per-step activations + data-free distillation",
+        symmetric_weights=True,
+    )
+)

@@ -19,11 +19,13 @@ from torch import Tensor, nn
 
 from edgediff.errors import EdgediffError
 from edgediff.methods.common import quant_forward, sample_shape
-from edgediff.methods.efficientdm import EfficientDMConfig, finetune
+from edgediff.methods.efficientdm import EfficientDMConfig, base_config, finetune
 from edgediff.methods.mtrd import MTRDLoss
 from edgediff.methods.omq import SEARCH_RANGES, SELECTIONS, SplitChoice, omq_search, searched_layer_quant
+from edgediff.methods.registry import Method, QuantizeJob, cli_field, register
 from edgediff.methods.trd import TRD_MODES, FeatureTap, TRDLoss, last_decoder_block
 from edgediff.quant import (
+    BitSetting,
     CalibrationData,
     LoRASpec,
     Recipe,
@@ -31,10 +33,11 @@ from edgediff.quant import (
     calibrate,
     collect_calibration,
     default_recipe,
-    parse_bits,
     quant_layers,
     quantize_,
 )
+
+OMQ_HELP = "OMQ split search (mpqdm default on, mpqdmv2 off)"
 
 
 @dataclass(frozen=True)
@@ -42,18 +45,28 @@ class MPQDMConfig:
     """MPQ-DM switches (defaults = docs/methods.md 1.4, scaled budget in `base`)."""
 
     base: EfficientDMConfig = field(default_factory=EfficientDMConfig)
-    smooth: bool = True  # SmoothQuant pre-scale δ, α = 0.5
-    omq: bool = True  # split-size search; off = uniform b bits
-    omq_range: str = "paper"  # paper: 0..C/2 step C/10; code: {0, C/10}
-    selection: str = "kurtosis"  # kurtosis | random (control) | error
+    # SmoothQuant pre-scale δ, α = 0.5
+    smooth: bool = cli_field(True, "--no-smooth", "no pre-scaling δ", "switch_off")
+    # split-size search; off = uniform b bits
+    omq: bool = cli_field(True, "--omq", OMQ_HELP, "on_off", no_flag="--no-omq")
+    # paper: 0..C/2 step C/10; code: {0, C/10}
+    omq_range: str = cli_field("paper", "--omq-range", "split candidates (default paper)", "choice",
+                               choices=SEARCH_RANGES)
+    # kurtosis | random (control) | error
+    selection: str = cli_field("kurtosis", "--selection", "salient channel ranking", "choice",
+                               choices=SELECTIONS)
     omq_samples: int = 64  # calibration inputs scored by the search (spread over all steps)
-    fp_islands: bool = True  # conv_shortcut and downsampler convs stay FP
-    trd: bool = True
+    # conv_shortcut and downsampler convs stay FP
+    fp_islands: bool = cli_field(True, "--no-fp-islands", "quantize the FP islands too", "switch_off")
+    trd: bool = cli_field(True, "--no-trd", "no TRD term", "switch_off")
     trd_window: int = 2
     trd_tau: float = 1.0
     trd_weight: float = 100.0
-    trd_mode: str = "target"  # docs/methods.md 7.3: target = option (b), window = option (a)
-    trd_detach: bool = False  # True reproduces the released code (no TRD gradient)
+    # docs/methods.md 7.3: target = option (b), window = option (a)
+    trd_mode: str = cli_field("target", "--trd-mode", "docs/methods.md 7.3 option b / a", "choice",
+                              choices=TRD_MODES)
+    # True reproduces the released code (no TRD gradient)
+    trd_detach: bool = cli_field(False, "--trd-detach", "released code: no TRD gradient", "switch_on")
 
     def __post_init__(self):
         _check(self.omq_range, SEARCH_RANGES, "OMQ search range")
@@ -78,7 +91,7 @@ def fp_island_names(model: nn.Module) -> list[str]:
 
 
 def mpq_recipe(
-    bits: str,
+    bits: BitSetting | str,
     model: nn.Module,
     *,
     lora: LoRASpec | None,
@@ -90,10 +103,10 @@ def mpq_recipe(
     """FP islands, then `default_recipe` (W8A8 edges) with per-step activations, LoRA, δ, residual."""
     base = default_recipe(bits, model, a_mode="per_step", lora=lora, smooth=smooth, residual=residual)
     islands = [(n, None) for n in fp_island_names(model)] if fp_islands else []
-    return Recipe(rules=(*islands, *base.rules), name=f"{name}-{bits.upper()}")
+    return Recipe(rules=(*islands, *base.rules), name=f"{name}-{base.label}", bits=base.bits)
 
 
-def mpqdm_recipe(bits: str, model: nn.Module, cfg: MPQDMConfig) -> Recipe:
+def mpqdm_recipe(bits: BitSetting | str, model: nn.Module, cfg: MPQDMConfig) -> Recipe:
     """MPQ-DM's recipe before the search: merged rank-r LoRA (QALoRA), δ, per-step activations."""
     lora = LoRASpec(rank=cfg.base.lora_rank, mode="merged")
     return mpq_recipe(bits, model, lora=lora, smooth=cfg.smooth, fp_islands=cfg.fp_islands)
@@ -111,7 +124,7 @@ def searched_recipe(model: nn.Module, recipe: Recipe, choices: dict[str, SplitCh
         if isinstance(m, (nn.Linear, nn.Conv2d)) and n not in quantized and recipe.match(n)[0]
     ]
     rules += [(n, None) for n in fp]
-    return Recipe(rules=tuple(rules), name=recipe.name)
+    return Recipe(rules=tuple(rules), name=recipe.name, bits=recipe.bits)
 
 
 def bits_summary(model: nn.Module) -> dict:
@@ -133,7 +146,7 @@ def bits_summary(model: nn.Module) -> dict:
 def prepare(
     fp: nn.Module,
     scheduler_config: dict,
-    bits: str,
+    bits: BitSetting | str,
     recipe: Recipe,
     cfg: MPQDMConfig,
     *,
@@ -142,7 +155,7 @@ def prepare(
     progress: bool = True,
 ) -> tuple[nn.Module, Recipe, dict, CalibrationData]:
     """Copy, quantize, calibrate (δ, ranges), OMQ search; returns (model, final recipe, record, data)."""
-    base_bits, _ = parse_bits(bits)
+    base_bits = BitSetting.of(bits).w
     model = copy.deepcopy(fp).eval()
     quantize_(model, recipe, num_steps=cfg.base.num_steps)
     data = collect_calibration(
@@ -265,7 +278,7 @@ def run_finetune(
 def run_mpqdm(
     fp: nn.Module,
     scheduler_config: dict,
-    bits: str,
+    bits: BitSetting | str,
     recipe: Recipe | None = None,
     cfg: MPQDMConfig | None = None,
     progress: bool = True,
@@ -277,6 +290,17 @@ def run_mpqdm(
     record.update(run_finetune(model, fp, scheduler_config, cfg, progress=progress))
     record["method_config"] = asdict(cfg)
     return model, final, record
+
+
+def run_job(job: QuantizeJob, options: dict) -> tuple[nn.Module, Recipe, dict]:
+    """`edgediff quantize --method mpqdm` with the given switches."""
+    cfg = MPQDMConfig(base=base_config(job), **options)
+    return run_mpqdm(job.fp, job.scheduler_config, job.bits, job.recipe, cfg, job.progress)
+
+
+METHOD = register(
+    Method("mpqdm", MPQDMConfig, run_job, help="MPQ-DM: pre-scaling + OMQ + TRD", conditioned_models=False)
+)
 
 
 __all__ = [

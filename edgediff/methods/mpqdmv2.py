@@ -28,12 +28,13 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from edgediff.errors import EdgediffError
-from edgediff.methods.efficientdm import param_groups
-from edgediff.methods.mpqdm import MPQDMConfig, _check, mpq_recipe, prepare, run_finetune
+from edgediff.methods.efficientdm import base_config, param_groups
+from edgediff.methods.mpqdm import OMQ_HELP, MPQDMConfig, _check, mpq_recipe, prepare, run_finetune
 from edgediff.methods.mtrd import TIME_MODES, MTRDLoss
 from edgediff.methods.oolri import oolri_init
+from edgediff.methods.registry import Method, QuantizeJob, cli_field, register
 from edgediff.methods.trd import last_decoder_block
-from edgediff.quant import LoRASpec, Recipe, ResidualSpec, quant_layers
+from edgediff.quant import BitSetting, LoRASpec, Recipe, ResidualSpec, quant_layers
 
 LORA_INITS = ("svd", "zero")
 LORA_MODES = ("additive", "merged")
@@ -43,16 +44,23 @@ LORA_MODES = ("additive", "merged")
 class MPQDMv2Config(MPQDMConfig):
     """MPQ-DMv2 switches on top of `MPQDMConfig` (defaults: docs/methods.md 2.1, scaled to the model)."""
 
-    omq: bool = False  # v2 default: fixed salient fraction; True searches k (pair with residual_balance)
-    residual: bool = True  # FZ-RMQ binary residual on the salient channels
-    residual_balance: bool = False  # b−1 bits on the k least salient channels (searched split only)
+    # v2 default: fixed salient fraction; True searches k (pair with residual_balance)
+    omq: bool = cli_field(False, "--omq", OMQ_HELP, "on_off", no_flag="--no-omq")
+    # FZ-RMQ binary residual on the salient channels
+    residual: bool = cli_field(True, "--residual", "mpqdmv2 FZ-RMQ binary residual", "on_off")
+    # b−1 bits on the k least salient channels (searched split only)
+    residual_balance: bool = cli_field(
+        False, "--residual-balance", "mpqdmv2: k channels at b-1", "switch_on"
+    )
     residual_fraction: float = 0.1  # salient fraction when the split search is off (omq=False)
     alpha_lr: float = 1e-4
-    lora_init: str = "svd"
-    lora_mode: str = "additive"
-    additive_rank: int = 4
-    oolri_iters: int = 1
-    mtrd: bool = True
+    lora_init: str = cli_field("svd", "--lora-init", "mpqdmv2 OOLRI (svd) or zero init", "choice",
+                               choices=LORA_INITS)
+    lora_mode: str = cli_field("additive", "--lora-mode", "mpqdmv2 LoRA placement", "choice",
+                               choices=LORA_MODES)
+    additive_rank: int = cli_field(4, "--lora-rank", "mpqdmv2 additive LoRA rank")
+    oolri_iters: int = cli_field(1, "--oolri-iters", "mpqdmv2 SVD alternations")
+    mtrd: bool = cli_field(True, "--no-mtrd", "mpqdmv2: no MTRD", "switch_off")
     mtrd_queue: int = 6400
     mtrd_enqueue: int = 128
     mtrd_anchors: int = 1024
@@ -60,7 +68,8 @@ class MPQDMv2Config(MPQDMConfig):
     mtrd_tau: float = 0.1
     mtrd_kd_temperature: float = 1.0
     mtrd_weight: float = 0.1
-    mtrd_time: str = "weight"
+    mtrd_time: str = cli_field("weight", "--mtrd-time", "mpqdmv2 time-aware queue", "choice",
+                               choices=TIME_MODES)
     mtrd_time_window: int = 100
     mtrd_time_scale: float = 100.0
 
@@ -85,7 +94,7 @@ class MPQDMv2Config(MPQDMConfig):
         return LoRASpec(rank=rank, mode=self.lora_mode)
 
 
-def mpqdmv2_recipe(bits: str, model: nn.Module, cfg: MPQDMv2Config) -> Recipe:
+def mpqdmv2_recipe(bits: BitSetting | str, model: nn.Module, cfg: MPQDMv2Config) -> Recipe:
     """MPQ-DM's recipe with the binary residual and the configured LoRA on the main layers."""
     selection = "error" if cfg.selection == "error" else "kurtosis"
     residual = ResidualSpec(fraction=cfg.residual_fraction, selection=selection) if cfg.residual else None
@@ -149,7 +158,7 @@ def make_mtrd(fp: nn.Module, cfg: MPQDMv2Config) -> MTRDLoss:
 def run_mpqdmv2(
     fp: nn.Module,
     scheduler_config: dict,
-    bits: str,
+    bits: BitSetting | str,
     recipe: Recipe | None = None,
     cfg: MPQDMv2Config | None = None,
     progress: bool = True,
@@ -188,3 +197,20 @@ def run_mpqdmv2(
     )
     record["method_config"] = asdict(cfg)
     return model, final, record
+
+
+def run_job(job: QuantizeJob, options: dict) -> tuple[nn.Module, Recipe, dict]:
+    """`edgediff quantize --method mpqdmv2` with the given switches."""
+    cfg = MPQDMv2Config(base=base_config(job), **options)
+    return run_mpqdmv2(job.fp, job.scheduler_config, job.bits, job.recipe, cfg, job.progress)
+
+
+METHOD = register(
+    Method(
+        "mpqdmv2",
+        MPQDMv2Config,
+        run_job,
+        help="MPQ-DMv2: binary residual + OOLRI + MTRD",
+        conditioned_models=False,
+    )
+)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from torch import nn
 
 from edgediff.methods.common import sample_shape
+from edgediff.methods.registry import Method, QuantizeJob, register
 from edgediff.models.conditioning import Conditioning
-from edgediff.quant import Recipe, calibrate, collect_calibration, default_recipe, quantize_
+from edgediff.quant import BitSetting, Recipe, calibrate, collect_calibration, default_recipe, quantize_
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class PTQConfig:
 def run_ptq(
     fp: nn.Module,
     scheduler_config: dict,
-    bits: str,
+    bits: BitSetting | str,
     recipe: Recipe | None = None,
     cfg: PTQConfig = PTQConfig(),
     num_steps: int | None = None,
@@ -55,3 +56,28 @@ def run_ptq(
     )
     calibrate(model, data, seed=cfg.seed, progress=progress)
     return model, recipe
+
+
+def run_job(job: QuantizeJob, options: dict) -> tuple[nn.Module, Recipe, dict]:
+    """`edgediff quantize --method ptq`: static activations, so no per-step table."""
+    cfg = PTQConfig(seed=job.seed, calib_samples=job.calib_samples, **options)
+    recipe = job.recipe
+    if job.symmetric_weights:
+        recipe = (recipe or default_recipe(job.bits, job.fp, a_mode=cfg.a_mode)).with_symmetric_weights()
+    model, recipe = run_ptq(
+        job.fp,
+        job.scheduler_config,
+        job.bits,
+        recipe,
+        cfg,
+        job.num_steps,
+        job.progress,
+        conditioning=job.conditioning,
+        guidance_scale=job.guidance_scale,
+    )
+    return model, recipe, {}
+
+
+METHOD = register(
+    Method("ptq", PTQConfig, run_job, help="calibration only (static activations)", symmetric_weights=True)
+)

@@ -8,6 +8,7 @@ See docs/quantization.md. Typical use:
     save_quantized(unet, recipe, out, dict(unet.config), sched_cfg, meta={"method": "ptq"})
 """
 
+from edgediff.quant.bits import BitSetting
 from edgediff.quant.calibration import CalibrationData, calibrate, collect_calibration
 from edgediff.quant.io import load_quantized, save_quantized
 from edgediff.quant.layers import QuantConv2d, QuantLayer, QuantLinear
@@ -20,12 +21,12 @@ from edgediff.quant.recipe import (
     Recipe,
     ResidualSpec,
     default_recipe,
-    parse_bits,
 )
 from edgediff.quant.spec import QuantLayerSpec, dequant, dequant_weight
 
 __all__ = [
     "ActQuantizer",
+    "BitSetting",
     "CalibrationData",
     "LayerQuant",
     "LoRASpec",
@@ -44,7 +45,6 @@ __all__ = [
     "dequant",
     "dequant_weight",
     "load_quantized",
-    "parse_bits",
     "quant_disabled",
     "quant_layers",
     "quantize_",

@@ -44,7 +44,9 @@ def _dumps(obj: Any, what: str) -> str:
         ) from exc
 
 
-def _table_size(model: nn.Module) -> int | None:
+def step_table_size(model: nn.Module) -> int | None:
+    """Entries of the model's per-step activation tables (the sampler step count it was calibrated
+    for), or None when every activation quantizer is static or dynamic."""
     sizes = {m.num_steps for m in model.modules() if isinstance(m, ActQuantizer) and m.mode == "per_step"}
     if len(sizes) > 1:
         raise EdgediffError(
@@ -78,7 +80,7 @@ def save_quantized(
     extra = {
         "format": FORMAT,
         "model_class": cls_name,
-        "num_steps": _table_size(model),
+        "num_steps": step_table_size(model),
         "dtype": str(weight.dtype).removeprefix("torch.") if weight is not None else "float32",
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from edgediff.errors import EdgediffError
+from edgediff.quant.bits import check_bits
 from edgediff.quant.primitives import (
     fake_quant_dynamic_per_token,
     fake_quant_per_channel,
@@ -28,13 +29,6 @@ from edgediff.quant.ranges import init_params
 
 ACT_MODES = ("static", "per_step", "dynamic_per_token")
 W_GRANULARITIES = ("per_channel", "per_tensor")
-
-
-def check_bits(bits: int, what: str = "bits") -> int:
-    """Validate one bit width (1..8); returns it as int."""
-    if isinstance(bits, bool) or int(bits) != bits or not 1 <= int(bits) <= 8:
-        raise EdgediffError(f"{what} {bits!r} outside 1..8: quantize with 1 to 8 bits (or keep the layer FP)")
-    return int(bits)
 
 
 class WeightQuantizer(nn.Module):

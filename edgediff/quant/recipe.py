@@ -11,39 +11,26 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import re
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from torch import nn
 
 from edgediff.errors import EdgediffError
+from edgediff.quant.bits import BitSetting, check_bits
 from edgediff.quant.quantizers import ACT_MODES as A_MODES
 from edgediff.quant.quantizers import W_GRANULARITIES
 from edgediff.quant.ranges import RANGE_METHODS as W_RANGES
 
 A_RANGES = ("lp", "minmax")
 RESIDUAL_SELECTIONS = ("kurtosis", "error")
-_BITS_RE = re.compile(r"^W(\d+)A(\d+)$", re.IGNORECASE)
 RECIPE_FORMAT = 1
-
-
-def _bits_ok(b: Any) -> bool:
-    return isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 8
 
 
 def _choice(value: str, options: tuple[str, ...], what: str) -> None:
     if value not in options:
         raise EdgediffError(f"unknown {what} {value!r}: use one of {', '.join(options)}")
-
-
-def parse_bits(setting: str) -> tuple[int, int | None]:
-    """`"W4A8"` -> `(4, 8)`; `A16`/`A32` mean no activation quantization -> `(4, None)`."""
-    m = _BITS_RE.match(str(setting).strip())
-    w, a = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-    if not m or not 1 <= w <= 8 or not (1 <= a <= 8 or a in (16, 32)):
-        raise EdgediffError(f"unknown bit setting {setting!r}: use W<1-8>A<1-8|16>, e.g. W4A8")
-    return w, (None if a in (16, 32) else a)
 
 
 @dataclass(frozen=True)
@@ -116,15 +103,13 @@ class LayerQuant:
             object.__setattr__(self, "w_bits", tuple(self.w_bits))
         bits = self.w_bits if isinstance(self.w_bits, tuple) else (self.w_bits,)
         for b in bits:
-            if not _bits_ok(b):
-                raise EdgediffError(
-                    f"weight bits {b!r} outside 1..8: quantize with 1 to 8 bits (or keep the layer FP)"
-                )
-        if self.a_bits is not None and not _bits_ok(self.a_bits):
-            raise EdgediffError(
-                f"activation bits {self.a_bits!r} outside 1..8: "
-                "use 1 to 8, or None (A16) for no activation quant"
-            )
+            if not isinstance(b, int):
+                raise EdgediffError(f"weight bits {b!r} must be integers 1..8")
+            check_bits(b, "weight bits")
+        if self.a_bits is not None:
+            if not isinstance(self.a_bits, int):
+                raise EdgediffError(f"activation bits {self.a_bits!r} must be an integer 1..8 or None (A16)")
+            check_bits(self.a_bits, "activation bits")
         _choice(self.w_granularity, W_GRANULARITIES, "weight granularity")
         _choice(self.a_mode, A_MODES, "activation mode")
         _choice(self.w_range, W_RANGES, "weight range method")
@@ -133,10 +118,10 @@ class LayerQuant:
             raise EdgediffError("per-channel bit vectors need w_granularity='per_channel'")
 
     @classmethod
-    def parse(cls, setting: str, **overrides: Any) -> LayerQuant:
-        """`LayerQuant.parse("W4A8", a_mode="per_step")`."""
-        w, a = parse_bits(setting)
-        return cls(w_bits=w, a_bits=a, **overrides)
+    def parse(cls, setting: BitSetting | str, **overrides: Any) -> LayerQuant:
+        """`LayerQuant.parse("W4A8", a_mode="per_step")` (or a `BitSetting`)."""
+        bits = BitSetting.of(setting)
+        return cls(w_bits=bits.w, a_bits=bits.a, **overrides)
 
     @property
     def label(self) -> str:
@@ -170,10 +155,16 @@ def _matches(name: str, pattern: str) -> bool:
 
 @dataclass(frozen=True)
 class Recipe:
-    """Ordered `(pattern, LayerQuant | None)` rules; first match wins; unmatched layers stay FP."""
+    """Ordered `(pattern, LayerQuant | None)` rules; first match wins; unmatched layers stay FP.
+
+    `bits` is the nominal setting a preset recipe was built for (`default_recipe`, the methods'
+    recipes); it stays through `with_name`, the methods' searched recipes and the JSON round trip,
+    and `label` derives from it (from the rules for a hand-written recipe without it).
+    """
 
     rules: tuple[tuple[str, LayerQuant | None], ...]
     name: str = "custom"
+    bits: BitSetting | None = None
 
     def __post_init__(self):
         rules = tuple((str(p), q) for p, q in self.rules)
@@ -183,6 +174,21 @@ class Recipe:
                     f"recipe rule {p!r} must map to a LayerQuant or None, got {type(q).__name__}"
                 )
         object.__setattr__(self, "rules", rules)
+        if self.bits is not None and not isinstance(self.bits, BitSetting):
+            raise EdgediffError(f"Recipe.bits must be a BitSetting, got {type(self.bits).__name__}")
+
+    @property
+    def label(self) -> str:
+        """`W4A8`: the preset's setting, else the most common rule setting (ties: the later rule);
+        `FP` when no rule quantizes."""
+        if self.bits is not None:
+            return self.bits.label
+        labels = [q.label for _p, q in self.rules if q is not None]
+        if not labels:
+            return "FP"
+        counts = Counter(labels)
+        top = max(counts.values())
+        return next(lab for lab in reversed(labels) if counts[lab] == top)
 
     def match(self, name: str) -> tuple[bool, LayerQuant | None]:
         """`(matched, LayerQuant | None)` of the first rule matching `name`."""
@@ -213,6 +219,7 @@ class Recipe:
         return {
             "format": RECIPE_FORMAT,
             "name": self.name,
+            "bits": None if self.bits is None else self.bits.label,
             "rules": [{"pattern": p, "quant": None if q is None else q.to_dict()} for p, q in self.rules],
         }
 
@@ -223,7 +230,8 @@ class Recipe:
                 (r["pattern"], None if r["quant"] is None else LayerQuant.from_dict(r["quant"]))
                 for r in d["rules"]
             )
-            return cls(rules=rules, name=d.get("name", "custom"))
+            bits = BitSetting.parse(d["bits"]) if d.get("bits") else None
+            return cls(rules=rules, name=d.get("name", "custom"), bits=bits)
         except (KeyError, TypeError) as exc:
             raise EdgediffError(
                 f"malformed recipe ({type(exc).__name__}: {exc}); write it with Recipe.to_json"
@@ -262,7 +270,7 @@ def _layers(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
-def default_recipe(bits: str, model: nn.Module, **overrides: Any) -> Recipe:
+def default_recipe(bits: BitSetting | str, model: nn.Module, **overrides: Any) -> Recipe:
     """W8A8 for the time-embedding linears, the first and the last layer; `bits` everywhere else.
 
     First/last are found by name (`conv_in`/`pos_embed.proj`, `conv_out`/`proj_out*`), falling
@@ -275,6 +283,7 @@ def default_recipe(bits: str, model: nn.Module, **overrides: Any) -> Recipe:
     (text tokens next to image patches, outlier tokens) do not share one static range well.
     An explicit `per_step` request is kept, since the methods that ask for it train per-step ranges.
     """
+    bits = BitSetting.of(bits)
     main = LayerQuant.parse(bits, **overrides)
     edge = LayerQuant(
         w_bits=8, a_bits=8, w_range=main.w_range, a_range=main.a_range, w_symmetric=main.w_symmetric
@@ -289,4 +298,4 @@ def default_recipe(bits: str, model: nn.Module, **overrides: Any) -> Recipe:
         token = replace(main, a_mode="dynamic_per_token")
         rules += [(block, token) for block in _TOKEN_BLOCKS if block in modules]
     rules.append(("*", main))
-    return Recipe(rules=tuple(rules), name=f"default-{bits.upper()}")
+    return Recipe(rules=tuple(rules), name=f"default-{bits.label}", bits=bits)

@@ -13,6 +13,7 @@ this rule are recorded next to it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,6 +26,8 @@ import onnx
 
 from edgediff import __version__
 from edgediff.models.loading import LoadedModel, is_quantized_folder, load_model
+from edgediff.quant.io import step_table_size
+from edgediff.quant.storage import weight_storage
 from edgediff.reference.model import resolve_model_path
 from edgediff.utils.atomic import atomic_dir, check_writable
 from edgediff_export.errors import ExportError
@@ -80,11 +83,17 @@ _DTYPES = {
 }
 
 
+#: Sampler steps of a bundle whose activation scales are static (no per-step table to follow).
+DEFAULT_STEPS = 20
+
+
 @dataclass(frozen=True)
 class ExportOptions:
+    """`steps=None`: the quantized folder's per-step table size, or `DEFAULT_STEPS` when static."""
+
     placement: str = "ort"
     device: str = "x86-cpu"
-    steps: int = 20
+    steps: int | None = None
     opset: int | None = None
     residual: str = "custom"
     golden_samples: int = 8
@@ -168,6 +177,25 @@ def check_memory_fit(profile: DeviceProfile, onnx_bytes: int) -> None:
         )
 
 
+def quant_spec(loaded: LoadedModel, unet, step_table: int | None, placement: str) -> QuantSpec:
+    """The manifest's typed quant section (docs/runtime.md): method and label from the quantized
+    folder (the label is its recipe's), stored weight bits counted on the model, the per-step
+    table size; the weight containers and precision table are filled in after the graph passes."""
+    storage = weight_storage(unet)
+    if loaded.quantized:
+        method, label = str(loaded.meta.get("method", "custom")), str(loaded.meta.get("bits") or "custom")
+    else:
+        dtype = next((p.dtype for p in unet.parameters() if p.is_floating_point()), None)
+        method, label = "fp", "FP16" if str(dtype) in ("torch.float16", "torch.bfloat16") else "FP32"
+    return QuantSpec(
+        method=method,
+        label=label,
+        mean_weight_bits=round(storage.mean_bits, 4),
+        step_table=step_table,
+        placement=placement,
+    )
+
+
 def _finish_weights(
     proto: onnx.ModelProto, placement: str, profile: DeviceProfile
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
@@ -242,7 +270,7 @@ def export_bundle(
     out = Path(out)
     if opts.placement not in PLACEMENTS:
         raise ExportError(f"unknown placement {opts.placement!r}: use one of {', '.join(PLACEMENTS)}")
-    if opts.steps < 1:
+    if opts.steps is not None and opts.steps < 1:
         raise ExportError(f"--steps must be at least 1, got {opts.steps}")
     try:
         profile = load_profile(opts.device)
@@ -266,18 +294,20 @@ def export_bundle(
     unet = loaded.unet.eval()
     cfg = unet.config
     shape = (int(cfg.in_channels), int(cfg.sample_size), int(cfg.sample_size))
-    table = loaded.meta.get("_edgediff", {}).get("num_steps") if loaded.quantized else None
-    if table and table != opts.steps:
+    table = step_table_size(unet)
+    steps = opts.steps or table or DEFAULT_STEPS
+    if table is not None and table != steps:
         raise ExportError(
-            f"{path} has per-step activation tables for {table} steps but --steps is {opts.steps}; "
-            f"export with --steps {table}"
+            f"{path} has per-step activation tables for {table} steps but --steps is {steps}; "
+            f"export with --steps {table} (the default)"
         )
+    quant = quant_spec(loaded, unet, table, opts.placement)
     fp_model = load_model(loaded.source_model).unet if loaded.source_model else None
     golden = record_golden(
         unet,
         loaded.scheduler_config,
         shape,
-        opts.steps,
+        steps,
         opts.golden_samples,
         opts.seed,
         loaded.set_step,
@@ -286,7 +316,7 @@ def export_bundle(
     ranges = None
     if loaded.quantized and opts.placement == "ort":
         ranges = layer_output_ranges(
-            unet, loaded.scheduler_config, shape, opts.steps, set_step=loaded.set_step
+            unet, loaded.scheduler_config, shape, steps, set_step=loaded.set_step
         )
     result = export_unet(
         unet, shape, placement=opts.placement, residual=opts.residual, opset=opset, out_ranges=ranges
@@ -326,20 +356,18 @@ def export_bundle(
                 step_input=result.step_input,
                 output=result.output_names[0],
             ),
-            sampler=_sampler_spec(loaded.scheduler_config, opts.steps),
+            sampler=_sampler_spec(loaded.scheduler_config, steps),
             onnx=OnnxSpec(
                 opset=opset,
                 ir_version=proto.ir_version,
                 custom_ops=[CustomOp(**c) for c in result.custom_ops],
                 ort_disabled_optimizers=ort_disabled_optimizers(proto),
             ),
-            quant=QuantSpec(
+            quant=dataclasses.replace(
+                quant,
+                weight_containers=dict(sorted(Counter(containers.values()).items())),
                 recipe={
-                    "method": loaded.meta.get("method", "fp"),
-                    "bits": loaded.meta.get("bits", "FP32"),
-                    "placement": opts.placement,
                     "residual": opts.residual,
-                    "weight_containers": dict(sorted(Counter(containers.values()).items())),
                     "trt_approximated_layers": result.approximated,
                     "source_model": str(loaded.source_model) if loaded.source_model else None,
                 },

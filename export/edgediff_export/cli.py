@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgediff import __version__
 from edgediff.cli import add_train_commands, positive_int, run_command
+from edgediff.errors import EdgediffError
 from edgediff_runtime.errors import RuntimeStageError
 
 
@@ -128,7 +129,13 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
         help="ort: Q/DQ on inputs and outputs (ONNX Runtime fuses); trt: inputs only, symmetric int8",
     )
     p.add_argument("--device", default="x86-cpu", help="device profile (see 'edgediff devices list')")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps of the bundle (default 20)")
+    p.add_argument(
+        "--steps",
+        type=positive_int("--steps"),
+        default=None,
+        help="sampler steps of the bundle (default: the quantized folder's per-step table size; "
+        "20 when its activation scales are static)",
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: min(21, device max))")
     p.add_argument(
         "--residual",
@@ -180,7 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except EdgediffError as exc:  # an argparse type's value error (e.g. --bits), one line
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     return run_command(args, handled=(RuntimeStageError,))
 

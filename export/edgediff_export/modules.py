@@ -26,6 +26,7 @@ from edgediff.quant import QuantLayer, quant_layers
 from edgediff.quant.branches import lowrank_apply
 from edgediff.quant.spec import QuantLayerSpec
 from edgediff_export.errors import ExportError
+from edgediff_export.signs import pack_signs
 from edgediff_export.torch_ops import (
     clip_qdq,
     dq_weight,
@@ -49,14 +50,8 @@ def _col(v: Tensor, ndim: int) -> Tensor:
 
 
 def _pack_signs(signs: Tensor) -> Tensor:
-    """int8 ±1 [K, n] -> uint8 [K, ceil(n/8)], bit b of byte j = column 8j+b (LSB first)."""
-    k, n = signs.shape
-    bits = (signs > 0).to(torch.uint8)
-    pad = (-n) % 8
-    if pad:
-        bits = torch.cat([bits, torch.zeros(k, pad, dtype=torch.uint8)], dim=1)
-    weights = (1 << torch.arange(8, dtype=torch.int32)).reshape(1, 1, 8)
-    return (bits.reshape(k, -1, 8).to(torch.int32) * weights).sum(-1).to(torch.uint8)
+    """int8 ±1 [K, n] -> uint8 [K, ceil(n/8)] through the one packing implementation (`signs.py`)."""
+    return torch.from_numpy(pack_signs(signs.detach().cpu().numpy()))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgediff_export.errors import ExportError
+from edgediff_export.signs import pack_signs, unpack_signs
 from edgediff_export.trt import numpy_ref
 
 EDGEDIFF_DOMAIN = "edgediff"
@@ -50,38 +51,6 @@ FUNCTION_MIN_OPSET = 18
 _INPUT_NAMES = ("X", "Wq", "w_scale", "w_zero", "signs", "alpha", "channels", "bias")
 _LINEAR_ATTRS = ("plugin_namespace", "plugin_version", "in_features")
 _CONV_ATTRS = ("plugin_namespace", "plugin_version", "strides", "pads", "dilations", "group", "kernel_shape")
-
-
-# --------------------------------------------------------------------------------------------------
-# Bit packing (contract: bit b of byte j, LSB first, is the sign of column 8j+b; 1 -> +1, 0 -> -1)
-# --------------------------------------------------------------------------------------------------
-
-
-def pack_signs(signs: np.ndarray) -> np.ndarray:
-    """Pack a ±1 matrix ``[K, n]`` into uint8 ``[K, ceil(n/8)]``, LSB first (docs/methods.md section 2.4).
-
-    Bit ``b`` of byte ``j`` holds the sign of column ``8j+b`` (1 for +1, 0 for -1); padding bits are 0.
-    """
-    s = np.asarray(signs)
-    if s.ndim != 2:
-        raise ExportError(f"pack_signs needs a 2-D [K, n] sign matrix, got shape {s.shape}; reshape it first")
-    if s.size and not np.all((s == 1) | (s == -1)):
-        raise ExportError(
-            "pack_signs needs values in {-1, +1}; map the residual signs with np.where(s >= 0, 1, -1)"
-        )
-    bits = (s > 0).astype(np.uint8)
-    return np.packbits(bits, axis=1, bitorder="little").reshape(s.shape[0], (s.shape[1] + 7) // 8)
-
-
-def unpack_signs(packed: np.ndarray, n: int) -> np.ndarray:
-    """Inverse of :func:`pack_signs`: uint8 ``[K, ceil(n/8)]`` -> int8 ±1 ``[K, n]``."""
-    p = np.asarray(packed)
-    if p.dtype != np.uint8 or p.ndim != 2:
-        raise ExportError(f"unpack_signs needs a uint8 [K, ceil(n/8)] array, got {p.dtype} {p.shape}")
-    if p.shape[1] != (n + 7) // 8:
-        raise ExportError(f"packed signs have {p.shape[1]} bytes per row but n={n} needs {(n + 7) // 8}")
-    bits = np.unpackbits(p, axis=1, count=n, bitorder="little")
-    return (bits.astype(np.int8) * 2 - 1).astype(np.int8)
 
 
 # --------------------------------------------------------------------------------------------------

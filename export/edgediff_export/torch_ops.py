@@ -23,6 +23,8 @@ from onnxscript import opset21 as op
 from onnxscript.values import Opset
 from torch import Tensor
 
+from edgediff_export.signs import unpack_signs
+
 EDGEDIFF_DOMAIN = "edgediff"
 edgediff_opset = Opset(EDGEDIFF_DOMAIN, 1)
 
@@ -69,10 +71,9 @@ def _(codes, scale, zero_point):
 
 
 def unpack_signs_torch(signs: Tensor, n: int) -> Tensor:
-    """uint8 [K, ceil(n/8)] packed signs (LSB first, 1 -> +1, 0 -> -1) -> float [K, n]."""
-    shifts = torch.arange(8, dtype=torch.int32, device=signs.device)
-    bits = (signs.to(torch.int32).unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(signs.shape[0], -1)[:, :n].to(torch.float32) * 2.0 - 1.0
+    """uint8 [K, ceil(n/8)] packed signs -> float [K, n] of ±1, decoded by `signs.unpack_signs`."""
+    decoded = unpack_signs(signs.detach().cpu().numpy(), n)
+    return torch.from_numpy(decoded).to(device=signs.device, dtype=torch.float32)
 
 
 def _residual_weight(

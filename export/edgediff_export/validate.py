@@ -36,8 +36,7 @@ def _export_twin(loaded, bundle) -> torch.nn.Module:
     from edgediff_export.golden import layer_output_ranges
     from edgediff_export.modules import prepare_for_export
 
-    recipe = bundle.manifest.quant.recipe
-    placement = recipe.get("placement", "ort")
+    placement = bundle.manifest.quant.placement
     shape = tuple(bundle.manifest.model.sample_shape)
     ranges = None
     if placement == "ort":  # recomputed exactly as at export (same seeds and trajectories)

@@ -62,6 +62,7 @@ def run_bench(
     manifest = bundle.manifest
     steps = manifest.sampler.steps if steps is None else steps
     sampler = make_sampler(manifest.sampler, steps)  # validates steps
+    manifest.check_steps(sampler.num_steps)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, *manifest.model.sample_shape), dtype=np.float32)
     feeds = make_feeds(manifest.model, sampler.scale_model_input(sampler.init_latent(x), 0),

@@ -10,7 +10,9 @@ The runtime owns this contract; the exporter writes it with :func:`write_manifes
       trt/ engines/           plugin sources and engines (optional)
 
 :func:`load_bundle` verifies the folder before anything runs: the manifest parses and validates,
-every listed file exists with the recorded sha256, and the installed runtime is new enough.
+every listed file exists with the recorded sha256 (the golden references under ``reference/`` may
+be left off a device copy; only parity needs them), the manifest agrees with the ONNX graph (input
+and output names, opset), and the installed runtime is new enough.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ from edgediff_runtime.errors import RuntimeStageError
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 GOLDEN_PATH = "reference/golden.npz"
+#: Files that only parity reads: a bundle copied to a device may leave them out.
+REFERENCE_DIR = "reference/"
+QUANT_PLACEMENTS = ("ort", "trt")
+QUANT_REQUIRED = ("method", "label", "mean_weight_bits", "step_table", "placement", "weight_containers")
 
 SAMPLER_KINDS = ("ddim", "ddpm", "dpmpp_2m", "euler", "x0_fewstep")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -108,7 +114,19 @@ MANIFEST_SCHEMA: dict[str, Any] = _obj(
             },
             ["kind"],
         ),
-        "quant": _obj({"recipe": {"type": "object"}, "precision": {"type": "object"}}, []),
+        "quant": _obj(
+            {
+                "method": {"type": "string", "minLength": 1},
+                "label": {"type": "string", "minLength": 1},
+                "mean_weight_bits": {"type": "number", "exclusiveMinimum": 0},
+                "step_table": {"type": ["integer", "null"], "minimum": 1},
+                "placement": {"enum": list(QUANT_PLACEMENTS)},
+                "weight_containers": {"type": "object"},
+                "recipe": {"type": "object"},
+                "precision": {"type": "object"},
+            },
+            list(QUANT_REQUIRED),
+        ),
         "onnx": _obj(
             {
                 "opset": {"type": "integer", "minimum": 1},
@@ -142,7 +160,7 @@ MANIFEST_SCHEMA: dict[str, Any] = _obj(
             [],
         ),
     },
-    ["schema_version", "name", "model", "sampler", "onnx"],
+    ["schema_version", "name", "model", "sampler", "onnx", "quant"],
 )
 
 
@@ -227,10 +245,32 @@ class OnnxSpec:
 
 @dataclass
 class QuantSpec:
-    """Recipe summary and per-node precision table (``{node name: "int8" | "int4-weight-only" | ...}``)."""
+    """What the model was quantized with (docs/runtime.md, "The quant section").
+
+    ``method`` (``ptq``, ``mpqdmv2``, ... or ``fp``), ``label`` (``W4A8``, derived from the recipe;
+    ``FP32``/``FP16`` for an FP export), ``mean_weight_bits`` (stored bits per weight over every
+    linear/conv layer, FP layers at their stored width and residual/LoRA branches included),
+    ``step_table`` (entries of the per-step activation-scale tables, i.e. the only step count the
+    graph can run; None when the scales are static), ``placement`` (``ort``/``trt``),
+    ``weight_containers`` (ONNX weight container -> initializer count), plus free-form
+    ``recipe`` details and the per-node ``precision`` table (``{node name: "int8" | ...}``).
+    The defaults describe an FP32 model with static graph inputs.
+    """
 
     recipe: dict[str, Any] = field(default_factory=dict)
     precision: dict[str, Any] = field(default_factory=dict)
+    method: str = "fp"
+    label: str = "FP32"
+    mean_weight_bits: float = 32.0
+    step_table: int | None = None
+    placement: str = "ort"
+    weight_containers: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """``mpqdmv2 W2A4, 2.31 mean weight bits, per-step scales for 20 steps, placement ort``."""
+        steps = f"per-step scales for {self.step_table} steps" if self.step_table else "static scales"
+        bits = f"{self.mean_weight_bits:.2f} mean weight bits"
+        return f"{self.method} {self.label}, {bits}, {steps}, placement {self.placement}"
 
 
 @dataclass
@@ -289,6 +329,12 @@ class Manifest:
                 f"bundle schema {version} is newer than this runtime "
                 f"supports ({SCHEMA_VERSION}); upgrade edgediff"
             )
+        quant = data.get("quant")
+        if not isinstance(quant, dict) or "method" not in quant:
+            raise RuntimeStageError(
+                f"{source}: no typed quant section (method, bits, step table): the bundle was written "
+                "by an older exporter; re-export it with 'edgediff export onnx'"
+            )
         errors = schema_errors(data, MANIFEST_SCHEMA)
         if errors:
             more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
@@ -345,6 +391,14 @@ class Manifest:
             raise bad(f"model.sample_shape must be [C, H, W], got {self.model.sample_shape}")
         if self.sampler.steps > self.sampler.num_train_timesteps:
             raise bad("sampler.steps exceeds sampler.num_train_timesteps")
+        table = self.quant.step_table
+        if table is not None and self.model.step_input is None:
+            raise bad(f"quant.step_table is {table} but the graph has no step input (model.step_input)")
+        if table is not None and self.sampler.steps != table:
+            raise bad(f"sampler.steps {self.sampler.steps} differs from quant.step_table {table}")
+        for key, count in self.quant.weight_containers.items():
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise bad(f"quant.weight_containers.{key} must be a count >= 0, got {count!r}")
         for key, value in self.parity.tolerances.items():
             if key not in TOLERANCE_KEYS:
                 raise bad(f"parity.tolerances.{key} is unknown (known: {', '.join(TOLERANCE_KEYS)})")
@@ -356,6 +410,19 @@ class Manifest:
                 raise bad(f"files lists '{rel}', which is not a plain path inside the bundle")
         if self.device is not None:
             DeviceProfile.from_dict(self.device, source=source, path="device", fix="re-export the bundle")
+
+    def allowed_steps(self) -> int | None:
+        """The only sampler step count the graph can run (its per-step table size), or None: any."""
+        return self.quant.step_table
+
+    def check_steps(self, steps: int) -> None:
+        """Refuse a step count the per-step activation-scale tables were not calibrated for."""
+        table = self.allowed_steps()
+        if table is not None and steps != table:
+            raise RuntimeStageError(
+                f"bundle {self.name} has per-step activation scales for exactly {table} steps, "
+                f"not {steps}; pass --steps {table} (or leave --steps out)"
+            )
 
     def profile(self) -> DeviceProfile | None:
         """The embedded target device profile, if any."""
@@ -419,8 +486,8 @@ class Bundle:
 
     @property
     def has_golden(self) -> bool:
-        """True when the bundle lists golden references."""
-        return GOLDEN_PATH in self.manifest.files
+        """True when the bundle lists golden references and they are present."""
+        return GOLDEN_PATH in self.manifest.files and self.golden_path.is_file()
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -467,12 +534,20 @@ def _check_runtime_versions(manifest: Manifest, backend: str | None, name: str) 
             )
 
 
-def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, backend: str | None = "ort") -> Bundle:
+def load_bundle(
+    path: str | os.PathLike[str],
+    *,
+    verify: bool = True,
+    backend: str | None = "ort",
+    need_golden: bool = False,
+) -> Bundle:
     """Open and verify a bundle (docs/design.md section 3).
 
     Checks that the folder and ``manifest.json`` exist and parse, that every file listed in
-    ``manifest.files`` exists with the recorded sha256 (``verify=False`` skips hashing), and that the
-    installed runtime for ``backend`` ("ort", "trt" or None) meets ``manifest.requirements``.
+    ``manifest.files`` exists with the recorded sha256 (``verify=False`` skips hashing; files
+    under ``reference/`` may be absent unless ``need_golden``), that the manifest agrees with the
+    ONNX graph (:func:`check_graph`), and that the installed runtime for ``backend`` ("ort",
+    "trt" or None) meets ``manifest.requirements``.
     """
     root = Path(path)
     if not root.exists():
@@ -496,14 +571,47 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, backend: s
         )
     for rel, expected in manifest.files.items():
         file = root / rel
+        if not file.is_file() and rel.startswith(REFERENCE_DIR) and not need_golden:
+            continue  # golden references: only parity reads them
         if not file.is_file():
-            raise RuntimeStageError(f"bundle {root.name} is incomplete: {rel} is missing; re-export it")
+            hint = "copy it from the exported bundle or re-export" if rel.startswith(REFERENCE_DIR) else (
+                "re-export it"
+            )
+            raise RuntimeStageError(f"bundle {root.name} is incomplete: {rel} is missing; {hint}")
         if verify and sha256_file(file) != expected:
             raise RuntimeStageError(
                 f"checksum mismatch for {rel}: the file was modified or truncated; re-export the bundle"
             )
+    check_graph(manifest, root / manifest.model.file, root.name)
     _check_runtime_versions(manifest, backend, root.name)
     return Bundle(root=root, manifest=manifest)
+
+
+def check_graph(manifest: Manifest, model_path: Path, name: str) -> None:
+    """The manifest's graph inputs, outputs and opset must be those of ``model.onnx``."""
+    from edgediff_runtime.onnx_header import OnnxHeaderError, read_onnx_header
+
+    try:
+        header = read_onnx_header(model_path)
+    except (OSError, OnnxHeaderError) as exc:
+        raise RuntimeStageError(
+            f"cannot read {model_path.name} of bundle {name} as ONNX ({exc}); re-export it"
+        ) from None
+    fix = "the manifest does not describe this model.onnx; re-export the bundle"
+    for what, declared, actual in (
+        ("inputs", [t.name for t in manifest.model.inputs], header.inputs),
+        ("outputs", [t.name for t in manifest.model.outputs], header.outputs),
+    ):
+        if sorted(declared) != sorted(actual):
+            raise RuntimeStageError(
+                f"bundle {name}: manifest lists graph {what} {declared} "
+                f"but {model_path.name} has {actual}; {fix}"
+            )
+    if header.opset != manifest.onnx.opset:
+        raise RuntimeStageError(
+            f"bundle {name}: manifest says opset {manifest.onnx.opset} but {model_path.name} imports opset "
+            f"{header.opset}; {fix}"
+        )
 
 
 # ------------------------------------------------------------------------------ golden references

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgediff_runtime._atomic import write_json
 from edgediff_runtime.backends import BACKENDS, Backend, open_backend
-from edgediff_runtime.bundle import Bundle, load_bundle
+from edgediff_runtime.bundle import GOLDEN_PATH, Bundle, load_bundle
 from edgediff_runtime.devices import check_host
 from edgediff_runtime.errors import RuntimeStageError
 
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample images with the bundle's sampler and write a PNG grid.")
     p.add_argument("bundle", type=Path, help="NAME.edgediff folder")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the manifest's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default: the manifest's; per-step scales allow only that)")
     p.add_argument("--num", type=int, default=4, help="number of images (default 4)")
     p.add_argument("--out", type=Path, required=True, help="output PNG grid")
     p.add_argument("--scale", type=int, default=1, help="pixel repeat factor for small images")
@@ -94,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--iters", type=int, default=20, help="timed model calls (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up calls (default 3)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps per image (default: manifest)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps per image (default: the manifest's; per-step scales allow only that)")
     p.add_argument("--image-runs", type=int, default=3, help="timed full sampling runs (default 3)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the JSON result")
     _add_backend_args(p)
@@ -125,8 +127,13 @@ def _engine_and_plugins(bundle: Bundle, args: argparse.Namespace) -> tuple[Path 
     return engine, list(plugins)
 
 
-def _open(args: argparse.Namespace) -> tuple[Bundle, Backend]:
-    bundle = load_bundle(args.bundle, backend=args.backend)
+def _open(
+    args: argparse.Namespace, need_golden: bool = False, steps: int | None = None
+) -> tuple[Bundle, Backend]:
+    """Load and verify the bundle, refuse a ``steps`` its per-step tables do not fit, open the backend."""
+    bundle = load_bundle(args.bundle, backend=args.backend, need_golden=need_golden)
+    if steps is not None:
+        bundle.manifest.check_steps(steps)
     profile = bundle.manifest.profile()
     if profile is not None and not args.ignore_device:
         check_host(profile, args.backend)
@@ -152,7 +159,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(m.to_json(), end="")
         return 0
-    size = sum((bundle.root / rel).stat().st_size for rel in m.files)
+    present = [rel for rel in m.files if (bundle.root / rel).is_file()]
+    size = sum((bundle.root / rel).stat().st_size for rel in present)
     s = m.sampler
     precisions: dict[str, int] = {}
     for value in m.quant.precision.values():
@@ -163,6 +171,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         return f"{spec.name} {spec.dtype}[{', '.join(map(str, spec.shape))}]"
 
     golden = "yes" if bundle.has_golden else "no"
+    if GOLDEN_PATH in m.files and not bundle.has_golden:
+        golden = "left out (parity needs them)"
     lines = [
         f"bundle      {bundle.name} (schema {m.schema_version}, created by {m.created_by})",
         f"model       {m.model.family}, {m.model.file}, sample [C,H,W] = {m.model.sample_shape}",
@@ -175,12 +185,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"onnx        opset {m.onnx.opset}, IR {m.onnx.ir_version}, custom ops: "
         + (", ".join(f"{c.domain}::{c.name} (plugin {c.plugin_namespace or '-'} v{c.plugin_version})"
                      for c in m.onnx.custom_ops) or "none"),
-        f"quant       {m.quant.recipe.get('name', '-') if m.quant.recipe else '-'}; per-node precision: "
+        f"quant       {m.quant.summary()}",
+        "weights     containers: "
+        + (", ".join(f"{k} x{v}" for k, v in sorted(m.quant.weight_containers.items())) or "as exported")
+        + "; per-node precision: "
         + (", ".join(f"{k} x{v}" for k, v in sorted(precisions.items())) or "-"),
         f"requires    onnxruntime >= {m.requirements.onnxruntime_min}"
         + (f", TensorRT >= {m.requirements.tensorrt_min}" if m.requirements.tensorrt_min else ""),
         f"device      {m.device['name'] if m.device else 'any (no profile embedded)'}",
-        f"files       {len(m.files)} ({size / 1e6:.2f} MB), golden references: {golden}",
+        f"files       {len(present)} ({size / 1e6:.2f} MB), golden references: {golden}",
         f"parity      tolerances {m.parity.tolerances}; {m.parity.tolerance_source}",
     ]
     print("\n".join(lines))
@@ -211,7 +224,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise RuntimeStageError(f"steps must be >= 1, got {args.steps}; pass --steps 1 or more")
     _check_out(args.out, ".png", "--out")
     _check_out(args.save_npy, ".npy", "--save-npy")
-    bundle, backend = _open(args)
+    bundle, backend = _open(args, steps=args.steps)
     steps = bundle.manifest.sampler.steps if args.steps is None else args.steps
     make_sampler(bundle.manifest.sampler, steps)  # reject bad --steps before any work
     noise = np.random.default_rng(args.seed).standard_normal(
@@ -246,7 +259,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
     _check_out(args.json, ".json", "--json")
     _check_out(args.plot, ".png", "--plot")
-    bundle, backend = _open(args)
+    bundle, backend = _open(args, need_golden=True)
     report = run_parity(bundle, backend, backend_name=args.backend)
     if args.plot is not None:
         from edgediff_runtime.imaging import plot_parity
@@ -263,7 +276,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edgediff_runtime.bench import run_bench
 
     _check_out(args.json, ".json", "--json")
-    bundle, backend = _open(args)
+    bundle, backend = _open(args, steps=args.steps)
     result = run_bench(
         bundle, backend, batch=args.batch, iters=args.iters, warmup=args.warmup, steps=args.steps,
         image_runs=args.image_runs, backend_name=args.backend,

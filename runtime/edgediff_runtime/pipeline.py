@@ -115,6 +115,7 @@ def sample(
             f"noise must have shape [N, {', '.join(map(str, model.sample_shape))}], got {list(noise.shape)}"
         )
     sampler: Sampler = make_sampler(bundle.manifest.sampler, steps, rng)
+    bundle.manifest.check_steps(sampler.num_steps)  # per-step scale tables fit one step count
     if step_noise is not None and step_noise.shape[0] < sampler.num_steps:
         raise RuntimeStageError(
             "step_noise has fewer steps than the sampler; re-record the golden references"

@@ -39,7 +39,8 @@ def test_quantized_bundle_verifies_and_passes_its_derived_parity(w8a8_bundle):
     manifest = bundle.manifest
     assert {"model.onnx", "reference/golden.npz"} <= set(manifest.files)
     assert manifest.sampler.steps == STEPS and manifest.sampler.prediction_type == "v_prediction"
-    assert manifest.quant.recipe["bits"] == "W8A8" and manifest.quant.precision
+    assert manifest.quant.method == "ptq" and manifest.quant.label == "W8A8" and manifest.quant.precision
+    assert manifest.quant.step_table is None and manifest.quant.placement == "ort"  # ptq: static scales
     assert "derived at export" in manifest.parity.tolerance_source
     measured = manifest.parity.report["level2"]["latent_max_abs"]
     assert manifest.parity.tolerances["latent_max_abs"] == pytest.approx(max(1e-5, 4 * measured))
@@ -136,7 +137,7 @@ def test_2bit_weights_ship_in_uint2_and_run_with_constant_folding_off(folders):
     m = bundle.manifest
     assert m.onnx.opset == 25 and m.requirements.onnxruntime_min == "1.32"
     assert "ConstantFolding" in m.onnx.ort_disabled_optimizers
-    assert m.quant.recipe["weight_containers"].get("uint2", 0) > 0
+    assert m.quant.weight_containers.get("uint2", 0) > 0
     backend = open_backend("ort", bundle.model_path, disabled_optimizers=m.onnx.ort_disabled_optimizers)
     assert run_parity(bundle, backend)["passed"]
     w4 = export_bundle(
@@ -145,7 +146,7 @@ def test_2bit_weights_ship_in_uint2_and_run_with_constant_folding_off(folders):
         ExportOptions(steps=STEPS, golden_samples=4, opset=21, device="jetson-orin-nano-8gb"),
         progress=False,
     )
-    assert "uint2" not in load_bundle(w4).manifest.quant.recipe["weight_containers"]
+    assert "uint2" not in load_bundle(w4).manifest.quant.weight_containers
     assert (out / "model.onnx").stat().st_size < (w4 / "model.onnx").stat().st_size
 
 
@@ -176,8 +177,16 @@ def test_mpqdmv2_w2a4_bundle_has_residual_nodes_and_passes_parity(folders):
     quantize_model(
         folders / "fp", "mpqdmv2", "W2A4", q, num_steps=STEPS, updates=STEPS, batch=2, progress=False
     )
-    out = export_bundle(q, folders / "mpqdmv2.edgediff", OPTS, progress=False)
+    with pytest.raises(ExportError, match=f"per-step activation tables for {STEPS} steps but --steps is 3"):
+        export_bundle(q, folders / "mismatch.edgediff", ExportOptions(steps=3), progress=False)
+    # no --steps: the bundle follows the folder's per-step table
+    out = export_bundle(q, folders / "mpqdmv2.edgediff", ExportOptions(golden_samples=4), progress=False)
     bundle = load_bundle(out, verify=True)
+    quant = bundle.manifest.quant
+    assert (quant.method, quant.label, quant.step_table) == ("mpqdmv2", "W2A4", STEPS)
+    assert bundle.manifest.sampler.steps == STEPS
+    # W8 edges, FP islands, sign bits and the additive LoRA all cost more than the 2-bit codes
+    assert quant.mean_weight_bits > 2.0
     assert any(c.name.startswith("ResidualBinary") for c in bundle.manifest.onnx.custom_ops)
     model = onnx.load(str(out / "model.onnx"))
     residual = [n for n in model.graph.node if n.domain == "edgediff"]
@@ -191,3 +200,16 @@ def test_mpqdmv2_w2a4_bundle_has_residual_nodes_and_passes_parity(folders):
         "ort", bundle.model_path, disabled_optimizers=bundle.manifest.onnx.ort_disabled_optimizers
     )
     assert run_parity(bundle, backend)["passed"]
+
+
+def test_runtime_info_shows_what_the_exporter_wrote(w8a8_bundle, capsys):
+    """Exporter -> `edgediff-run info` on a real bundle: method, label and stored bits."""
+    from edgediff_runtime.cli import main as run_main
+
+    assert run_main(["info", str(w8a8_bundle)]) == 0
+    out = capsys.readouterr().out
+    quant = load_bundle(w8a8_bundle).manifest.quant
+    # W8 codes everywhere, no FP layer in the default recipe: exactly 8 stored bits per weight
+    assert quant.mean_weight_bits == 8.0
+    assert "quant       ptq W8A8, 8.00 mean weight bits, static scales, placement ort" in out
+    assert "weights     containers: " in out

@@ -1,8 +1,8 @@
 """Session fixture: a tiny bundle built WITHOUT the exporter (the exporter is another stage).
 
 A diffusers ``UNet2DModel`` (1 channel, 8x8, block_out_channels (8, 16)) wrapped so its output is
-scaled by a per-step table gathered with the int64 ``step`` input (this mimics per-step activation
-scales and proves the step-index convention), exported with the dynamo exporter
+scaled by a ``STEPS``-entry per-step table gathered with the int64 ``step`` input (this mimics
+per-step activation scales and proves the step-index convention), exported with the dynamo exporter
 (``torch.onnx.export(..., dynamo=True, external_data=False)``, dynamic batch), packed with
 ``write_manifest`` and golden latents recorded by a torch loop over diffusers' ``DDIMScheduler``
 with the project's reference config (DDIM, T = 1000, squaredcos_cap_v2, v_prediction, trailing,
@@ -75,8 +75,8 @@ def _build_tiny_bundle(root: Path) -> Path:
         def forward(self, sample, timestep, step):
             return self.unet(sample, timestep).sample * self.table[step]
 
-    quant_model = StepScaled(1.0 + 0.05 * torch.arange(1000, dtype=torch.float32)).eval()
-    fp_model = StepScaled(torch.ones(1000)).eval()
+    quant_model = StepScaled(1.0 + 0.05 * torch.arange(STEPS, dtype=torch.float32)).eval()
+    fp_model = StepScaled(torch.ones(STEPS)).eval()
 
     bundle = root / "tiny.edgediff"
     bundle.mkdir()
@@ -138,7 +138,18 @@ def _build_tiny_bundle(root: Path) -> Path:
             ir_version=proto.ir_version,
             custom_ops=[CustomOp("ResidualBinaryLinear", "edgediff", "edgediff", "1")],
         ),
-        quant=QuantSpec(recipe={"name": "fp32-step-scaled"}, precision={"/unet/conv_in/Conv": "fp32"}),
+        # The same fields the exporter writes (edgediff_export.bundle.quant_spec): an FP32 model
+        # whose per-step table has STEPS entries, so the runtime accepts only STEPS steps.
+        quant=QuantSpec(
+            method="fp",
+            label="FP32",
+            mean_weight_bits=32.0,
+            step_table=STEPS,
+            placement="ort",
+            weight_containers={},
+            recipe={"residual": "custom", "trt_approximated_layers": [], "source_model": None},
+            precision={"/unet/conv_in/Conv": "fp32"},
+        ),
         requirements=Requirements(onnxruntime_min="1.20"),
         device=load_profile("x86-cpu").to_dict(),
         parity=ParitySpec(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,24 @@ def _manifest(**kw) -> Manifest:
     )
     return Manifest(name="toy", model=model, sampler=SamplerSpec(kind="ddim", steps=4),
                     onnx=OnnxSpec(opset=20, ir_version=10), **kw)
+
+
+def _toy_onnx(path: Path, opset: int = 20, output: str = "out") -> None:
+    """A model.onnx that matches ``_manifest()``: inputs sample/timestep, output ``out`` = sample."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["sample"], [output])],
+        "toy",
+        [
+            helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["batch", 1, 4, 4]),
+            helper.make_tensor_value_info("timestep", TensorProto.INT64, ["batch"]),
+        ],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", 1, 4, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    onnx.save(model, str(path))
 
 
 def _rewrite(bundle: Path, edit) -> None:
@@ -193,7 +212,7 @@ def test_golden_round_trip_and_shape_checks(tmp_path: Path):
     lat = rng.standard_normal((3, 2, 1, 4, 4)).astype(np.float32)
     path = save_golden(tmp_path, noise=noise, timesteps=np.array([999, 666, 333]), latents=lat, final=lat[-1])
     assert path == tmp_path / GOLDEN_PATH
-    (tmp_path / "model.onnx").write_bytes(b"x")
+    _toy_onnx(tmp_path / "model.onnx")
     write_manifest(tmp_path, _manifest())
     g = load_golden(load_bundle(tmp_path, backend=None))
     assert g.timesteps.dtype == np.int64 and g.steps == 3
@@ -204,7 +223,7 @@ def test_golden_round_trip_and_shape_checks(tmp_path: Path):
 
 
 def test_load_golden_absent(tmp_path: Path):
-    (tmp_path / "model.onnx").write_bytes(b"x")
+    _toy_onnx(tmp_path / "model.onnx")
     write_manifest(tmp_path, _manifest())
     with pytest.raises(RuntimeStageError, match=f"has no {GOLDEN_PATH}; re-export it with golden references"):
         load_golden(load_bundle(tmp_path, backend=None))
@@ -217,3 +236,63 @@ def test_fixture_golden_matches_manifest(tiny_bundle: Path):
     assert g.latents.shape == (STEPS, *g.noise.shape)
     assert g.fp_final is not None
     assert dataclasses.asdict(b.manifest.sampler)["prediction_type"] == "v_prediction"
+
+
+@pytest.mark.parametrize(
+    ("opset", "output", "needle"),
+    [
+        (19, "out", "manifest says opset 20 but model.onnx imports opset 19"),
+        (20, "eps", "manifest lists graph outputs ['out'] but model.onnx has ['eps']"),
+    ],
+)
+def test_manifest_contradicting_the_graph_is_one_line(tmp_path: Path, opset, output, needle):
+    _toy_onnx(tmp_path / "model.onnx", opset=opset, output=output)
+    write_manifest(tmp_path, _manifest())
+    with pytest.raises(RuntimeStageError) as err:
+        load_bundle(tmp_path, backend=None)
+    assert needle in str(err.value) and "re-export the bundle" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_not_onnx_is_one_line(tmp_path: Path):
+    (tmp_path / "model.onnx").write_bytes(b"\xff\xff\xff")
+    write_manifest(tmp_path, _manifest())
+    with pytest.raises(RuntimeStageError, match="cannot read model.onnx of bundle .* as ONNX"):
+        load_bundle(tmp_path, backend=None)
+
+
+def test_onnx_header_reads_what_onnx_wrote(tiny_bundle: Path):
+    import onnx
+
+    from edgediff_runtime.onnx_header import read_onnx_header
+
+    proto = onnx.load(str(tiny_bundle / "model.onnx"))
+    header = read_onnx_header(tiny_bundle / "model.onnx")
+    assert header.inputs == [v.name for v in proto.graph.input]
+    assert header.outputs == [v.name for v in proto.graph.output]
+    assert header.opsets == {o.domain: o.version for o in proto.opset_import}
+    assert header.ir_version == proto.ir_version and header.initializers == len(proto.graph.initializer) > 0
+
+
+def test_old_bundle_without_typed_quant_section_says_re_export():
+    data = _manifest().to_dict()
+    data["quant"] = {"recipe": {"method": "ptq", "bits": "W8A8"}, "precision": {}}
+    needle = "no typed quant section .* re-export it with 'edgediff export onnx'"
+    with pytest.raises(RuntimeStageError, match=needle):
+        Manifest.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda q: q.update(step_table=4), "quant.step_table is 4 but the graph has no step input"),
+        (lambda q: q.update(placement="gpu"), "quant.placement: 'gpu' is not one of"),
+        (lambda q: q.update(weight_containers={"int4": -1}), "quant.weight_containers.int4 must be a count"),
+        (lambda q: q.pop("label"), "quant: missing required field 'label'"),
+    ],
+)
+def test_quant_section_is_validated(edit, needle):
+    data = _manifest().to_dict()
+    edit(data["quant"])
+    with pytest.raises(RuntimeStageError, match=re.escape(needle)):
+        Manifest.from_dict(data)

@@ -235,13 +235,41 @@ def test_parity_detects_sampler_mismatch(bundle_copy, capsys):
 def test_bench(tiny_bundle, tmp_path, capsys):
     out = tmp_path / "bench.json"
     code, text, err = run(["bench", tiny_bundle, "--iters", 5, "--warmup", 1, "--image-runs", 1, "--batch", 2,
-                           "--steps", 2, "--json", out], capsys)
+                           "--steps", STEPS, "--json", out], capsys)
     assert code == 0, err
     result = json.loads(out.read_text())
     call = result["unet_call_ms"]
     assert call["n"] == 5 and 0 < call["p50"] <= call["p90"] <= call["p99"]
-    assert result["image_ms"]["n"] == 1 and result["steps"] == 2 and result["batch"] == 2
+    assert result["image_ms"]["n"] == 1 and result["steps"] == STEPS and result["batch"] == 2
     assert result["peak_rss_mb"] > 10
     assert "model call  p50" in text
     code, _, err = run(["bench", tiny_bundle, "--iters", 0], capsys)
     assert_one_line_error(code, err, "--iters must be >= 1, got 0")
+
+
+@pytest.mark.parametrize("steps", [STEPS - 2, STEPS + 1])
+@pytest.mark.parametrize("command", ["sample", "bench"])
+def test_steps_outside_the_per_step_table_are_refused(tiny_bundle, tmp_path, capsys, command, steps):
+    extra = ["--out", tmp_path / "g.png"] if command == "sample" else ["--iters", 1]
+    code, _, err = run([command, tiny_bundle, "--steps", steps, *extra], capsys)
+    assert_one_line_error(code, err, f"per-step activation scales for exactly {STEPS} steps, not {steps}")
+    assert f"pass --steps {STEPS}" in err
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_sample_and_info_do_not_need_the_golden_references(bundle_copy, tmp_path, capsys):
+    (bundle_copy / "reference" / "golden.npz").unlink()
+    code, out, err = run(["info", bundle_copy], capsys)
+    assert code == 0, err
+    assert "golden references: left out (parity needs them)" in out
+    code, out, err = run(["sample", bundle_copy, "--out", tmp_path / "g.png", "--num", 1], capsys)
+    assert code == 0, err
+    code, _, err = run(["parity", bundle_copy], capsys)
+    assert_one_line_error(code, err, "reference/golden.npz is missing")
+
+
+def test_info_shows_method_bits_and_step_table(tiny_bundle, capsys):
+    code, out, err = run(["info", tiny_bundle], capsys)
+    assert code == 0, err
+    line = f"quant       fp FP32, 32.00 mean weight bits, per-step scales for {STEPS} steps, placement ort"
+    assert line in out

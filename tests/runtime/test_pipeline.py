@@ -45,7 +45,7 @@ def test_step_index_is_fed_as_loop_position(loaded):
         input_names, output_names = backend.input_names, backend.output_names
 
         def run(self, feeds):
-            return backend.run({**feeds, "step": feeds["step"] + 1})
+            return backend.run({**feeds, "step": (feeds["step"] + 1) % STEPS})  # table has STEPS entries
 
     shifted = sample(bundle, OffByOne(), golden.noise, keep_latents=True)
     assert np.abs(shifted.latents[0] - golden.latents[0]).max() > 1e-3
@@ -95,14 +95,14 @@ def test_classifier_free_guidance_batches_uncond_and_cond(loaded):
     try:
         n = golden.noise.shape[0]
         cfg = Guidance(3.0, uncond={"y": np.zeros(n, np.float32)}, cond={"y": np.ones(n, np.float32)})
-        guided = sample(bundle, Echo(), golden.noise, 2, guidance=cfg)
+        guided = sample(bundle, Echo(), golden.noise, STEPS, guidance=cfg)  # the per-step table's count
     finally:
         bundle.manifest.model = model
     assert calls[0]["sample"][0] == 2 * n and calls[0]["timestep"] == (2 * n,) and calls[0]["y"] == (2 * n,)
     # Same loop with a model that always outputs u + 3 (c - u) = 3.
-    sampler = make_sampler(bundle.manifest.sampler, 2)
+    sampler = make_sampler(bundle.manifest.sampler, STEPS)
     x = sampler.init_latent(golden.noise)
-    for i in range(2):
+    for i in range(STEPS):
         x = sampler.step(np.full_like(x, 3.0), i, x)
     np.testing.assert_allclose(guided.final, np.clip(x, -1, 1), atol=1e-6)
 

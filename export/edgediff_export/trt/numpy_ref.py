@@ -7,8 +7,8 @@ the main branch and the binary residual are computed separately (in float64) and
     residual      Y[..., channels[k]] += alpha[k] * sum_j X[..., j] * sign[k, j]
     sign bits     bit b (LSB first) of byte j of row k is the sign of column 8j+b: 1 -> +1, 0 -> -1
 
-This module imports only numpy, so ``gpu_check.py`` can load it by file path on a machine that
-has no edgediff install.
+It imports only numpy and ``edgediff_export.signs`` (the sign layout, numpy only), so the GPU
+check (``bench/gpu_check.py``) runs it without torch or onnx.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from edgediff_export.signs import pack_signs, unpack_signs
 
 __all__ = [
     "conv_output_size",
@@ -26,28 +28,6 @@ __all__ = [
     "residual_binary_linear",
     "unpack_signs",
 ]
-
-
-def unpack_signs(signs: np.ndarray, row_len: int) -> np.ndarray:
-    """[K, ceil(row_len/8)] packed bytes -> [K, row_len] float64 of ±1 (padding bits dropped)."""
-    packed = np.asarray(signs)
-    if packed.ndim != 2:
-        raise ValueError(f"signs must be 2-D [K, ceil(row/8)], got shape {packed.shape}")
-    need = (row_len + 7) // 8
-    if packed.shape[1] < need:
-        raise ValueError(f"signs rows have {packed.shape[1]} bytes, {need} needed for {row_len} columns")
-    # Any integer storage (uint8, int8 bit patterns, the int32 TensorRT makes of uint8): low byte.
-    as_bytes = (packed.astype(np.int64) & 0xFF).astype(np.uint8)
-    bits = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :row_len]
-    return bits.astype(np.float64) * 2.0 - 1.0
-
-
-def pack_signs(signs_pm1: np.ndarray) -> np.ndarray:
-    """[K, row_len] of ±1 (or any sign: > 0 -> bit 1) -> [K, ceil(row_len/8)] uint8, padding bits 0."""
-    s = np.asarray(signs_pm1)
-    if s.ndim != 2:
-        raise ValueError(f"signs must be 2-D [K, row], got shape {s.shape}")
-    return np.packbits((s > 0).astype(np.uint8), axis=1, bitorder="little")
 
 
 def dequantize_main(wq: np.ndarray, w_scale: np.ndarray, w_zero: np.ndarray) -> np.ndarray:
@@ -74,7 +54,7 @@ def _residual_rows(
         raise ValueError("channels must be sorted unique indices in [0, Cout)")
     if k == 0:
         return chans, np.zeros((0, row_len))
-    return chans, a[:, None] * unpack_signs(signs, row_len)
+    return chans, a[:, None] * unpack_signs(signs, row_len).astype(np.float64)
 
 
 def dense_weight(

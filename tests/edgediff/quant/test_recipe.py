@@ -4,7 +4,7 @@ import pytest
 from torch import nn
 
 from edgediff.errors import EdgediffError
-from edgediff.quant import LayerQuant, LoRASpec, LowRankSpec, Recipe, ResidualSpec, default_recipe, parse_bits
+from edgediff.quant import BitSetting, LayerQuant, LoRASpec, LowRankSpec, Recipe, ResidualSpec, default_recipe
 from edgediff.reference.model import build_unet
 
 from .models import cond_unet, dit, latte
@@ -25,14 +25,46 @@ from .models import cond_unet, dit, latte
     ],
 )
 def test_parse_bits(s, expected):
-    assert parse_bits(s) == expected
+    bits = BitSetting.parse(s)
+    assert (bits.w, bits.a) == expected
+    assert BitSetting.parse(bits.label) == bits  # the label parses back to the same setting
 
 
 @pytest.mark.parametrize("bad", ["W9A8", "W0A8", "W4A9", "W4A12", "4A8", "W4", "", "W4A8x"])
 def test_parse_bits_rejects_unknown(bad):
     with pytest.raises(EdgediffError) as e:
-        parse_bits(bad)
+        BitSetting.parse(bad)
     assert str(e.value) == f"unknown bit setting {bad!r}: use W<1-8>A<1-8|16>, e.g. W4A8"
+
+
+def test_bit_setting_label_and_validation():
+    assert BitSetting(4, 8).label == "W4A8" and BitSetting(2, None).label == "W2A16"
+    assert BitSetting.of("w3a6") == BitSetting(3, 6)
+    for w, a in ((0, 8), (9, 8), (4, 0), (4, 16)):
+        with pytest.raises(EdgediffError, match="outside 1..8"):
+            BitSetting(w, a)
+
+
+def test_recipe_label_is_derived_from_the_recipe(tmp_path):
+    unet = build_unet()
+    preset = default_recipe("w4a8", unet, a_mode="per_step")
+    assert preset.bits == BitSetting(4, 8) and preset.label == "W4A8" and preset.name == "default-W4A8"
+    back = Recipe.from_json(preset.to_json())
+    assert back == preset and back.label == "W4A8"
+    assert preset.with_name("x").label == "W4A8" and preset.with_symmetric_weights().bits == preset.bits
+    # a hand-written recipe (no preset): the most common rule setting, ties to the later rule
+    hand = Recipe(
+        rules=(
+            ("conv_in", LayerQuant(8, a_bits=8)),
+            ("conv_out", LayerQuant(8, a_bits=8)),
+            ("down_blocks.*", LayerQuant(3, a_bits=6)),
+            ("*", LayerQuant(3, a_bits=6)),
+        )
+    )
+    assert hand.label == "W3A6"
+    tie = Recipe(rules=(("conv_in", LayerQuant(8, a_bits=8)), ("*", LayerQuant(2, a_bits=None))))
+    assert tie.label == "W2A16"
+    assert Recipe(rules=(("*", None),)).label == "FP"
 
 
 def test_layerquant_rejects_bad_bits_and_options():

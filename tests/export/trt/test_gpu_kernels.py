@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 
-GPU_CHECK = Path(__file__).resolve().parents[3] / "export" / "edgediff_export" / "trt" / "gpu_check.py"
+GPU_CHECK = Path(__file__).resolve().parents[3] / "bench" / "gpu_check.py"
 
 
 def _gpu_check():

@@ -22,7 +22,7 @@ import pytest
 from tests.export.trt.fake_cupy import KERNELS_CU, make_fake_cupy
 
 HARNESS = Path(__file__).resolve().parent / "kernel_host_emulation.cpp"
-GPU_CHECK = KERNELS_CU.parents[1] / "gpu_check.py"
+GPU_CHECK = KERNELS_CU.parents[4] / "bench" / "gpu_check.py"
 CTYPES = {"int": ctypes.c_int32, "long long": ctypes.c_int64, "float": ctypes.c_float}
 
 

@@ -3,7 +3,7 @@
 What a GPU adds is only the kernels' own arithmetic; everything the script does around them
 (case data, argument order and types, launch geometry, comparison, exit status) runs here, so the
 device time goes to the kernels and not to a typo. The real run is test_gpu_kernels.py (gpu mark)
-and ``python3 export/edgediff_export/trt/gpu_check.py`` on a CUDA machine.
+and ``python3 bench/gpu_check.py`` on a CUDA machine.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 
 from tests.export.trt.fake_cupy import KERNELS_CU, make_fake_cupy, parse_kernel_signatures
 
-GPU_CHECK = KERNELS_CU.parents[1] / "gpu_check.py"
+GPU_CHECK = KERNELS_CU.parents[4] / "bench" / "gpu_check.py"
 
 
 def _load_gpu_check():

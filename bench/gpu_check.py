@@ -3,10 +3,11 @@
 
 Run from the repository root:
 
-    python3 export/edgediff_export/trt/gpu_check.py [--json OUT.json] [--quick] [--skip-timing] [--skip-nvcc]
+    python3 bench/gpu_check.py [--json OUT.json] [--quick] [--skip-timing] [--skip-nvcc]
 
-1. compiles ``plugin/residual_binary_kernels.cu`` with ``nvcc -arch=sm_90a -c`` (proves the
-   plugin's kernel file builds for Hopper; SKIP if nvcc is not found);
+1. compiles ``export/edgediff_export/trt/plugin/residual_binary_kernels.cu`` with
+   ``nvcc -arch=sm_90a -c`` (proves the plugin's kernel file builds for Hopper; SKIP if nvcc is
+   not found);
 2. compiles the same file with CuPy's RawModule (NVRTC, ``-std=c++17``) and runs correctness cases
    against ``numpy_ref.py`` (linear fp32/fp16, conv with stride/padding/dilation/groups, K = 0,
    the INT32 sign/channel storage TensorRT's ONNX parser produces), printing max abs / rel error
@@ -14,14 +15,16 @@ Run from the repository root:
 3. times the kernels at realistic sizes against a CuPy matmul baseline on the dequantized weight.
 
 Exit status: 0 all passed, 1 a correctness case or the nvcc compile failed, 2 CuPy missing.
-Standalone on purpose: it imports only numpy, cupy (inside ``main``) and ``numpy_ref.py`` by path.
+It needs no install and no torch: it imports numpy, cupy (inside ``main``) and the numpy
+reference ``edgediff_export.trt.numpy_ref`` from this checkout (which imports only numpy and the
+sign layout ``edgediff_export.signs``).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
+import importlib
 import json
 import math
 import re
@@ -38,25 +41,21 @@ from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-PLUGIN_DIR = HERE / "plugin"
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN_DIR = REPO / "export" / "edgediff_export" / "trt" / "plugin"
 KERNELS_CU = PLUGIN_DIR / "residual_binary_kernels.cu"
 KERNELS_CUH = PLUGIN_DIR / "residual_binary_kernels.cuh"
-NUMPY_REF = HERE / "numpy_ref.py"
 
 TOLERANCE = {"float32": 2e-5, "float16": 2e-3}  # max |err| / max |ref|
 
 
 @functools.lru_cache(maxsize=1)
 def load_numpy_ref() -> ModuleType:
-    """numpy_ref.py imported by file path (no edgediff install needed)."""
-    spec = importlib.util.spec_from_file_location("edgediff_trt_numpy_ref", NUMPY_REF)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {NUMPY_REF}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """``edgediff_export.trt.numpy_ref``, from this checkout when edgediff is not installed."""
+    for path in (REPO, REPO / "export"):  # `python3 bench/gpu_check.py` puts only bench/ on the path
+        if str(path) not in sys.path:
+            sys.path.append(str(path))
+    return importlib.import_module("edgediff_export.trt.numpy_ref")
 
 
 def kernel_constants() -> dict[str, int]:
