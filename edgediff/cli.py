@@ -8,9 +8,7 @@ may import every stage; this module registers only what the train stage owns, so
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from pathlib import Path
 
 from edgediff.errors import EdgediffError
@@ -33,6 +31,28 @@ def positive_int(kind: str):
     return parse
 
 
+def bits_arg(text: str) -> str:
+    """argparse type for `--bits`: checked here (torch-free), before any stage is imported."""
+    from edgediff.bitspec import parse_bits
+
+    try:
+        parse_bits(text)
+    except EdgediffError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def human_size(path: Path) -> str:
+    """Size of a file or a folder (all files below it) as e.g. `1.2 MB`."""
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    n = sum(f.stat().st_size for f in files)
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 def _cmd_reference_train(args: argparse.Namespace) -> int:
     from edgediff.reference.trainer import ReferenceTrainConfig, train_reference
 
@@ -53,13 +73,42 @@ def _cmd_reference_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_summary(result: dict) -> list[str]:
+    """The eval report as a few readable lines (the JSON has every field)."""
+    lines = [
+        f"model        {result['model']} ({'quantized' if result['quantized'] else 'floating point'})",
+        f"sampling     {result.get('samples', '?')} samples, {result['steps']} DDIM steps, seed "
+        f"{result['seed']}, {result['sample_seconds']} s",
+        f"FD           {result['fd']:.2f} (lower is better)",
+    ]
+    if "confidence" in result:
+        lines.append(f"confidence   {result['confidence']:.3f} (mean classifier confidence)")
+    if "class_entropy" in result:
+        lines.append(f"class entropy {result['class_entropy']:.3f} (log 10 = 2.303 is uniform)")
+    if result.get("paired_psnr") is not None:
+        lines.append(
+            f"vs FP model  paired PSNR {result['paired_psnr']:.1f} dB, class agreement "
+            f"{result.get('label_agree', float('nan')):.3f} (same noise)"
+        )
+    return lines
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from edgediff.reference.evaluate import evaluate
+    from edgediff.utils.atomic import check_writable
 
     json_out = Path(args.json) if args.json else None
     grid = Path(args.grid) if args.grid else (json_out.with_suffix(".png") if json_out else None)
+    if json_out is not None:
+        check_writable(json_out, "--json")
+    if grid is not None:
+        check_writable(grid, "--grid")
+    from edgediff.reference.evaluate import evaluate
+
     result = evaluate(args.model, args.samples, args.steps, args.seed, json_out, grid)
-    print(json.dumps(result, indent=2))
+    print("\n".join(_eval_summary(result)))
+    for what, path in (("report (JSON)", json_out), ("sample grid (PNG)", grid)):
+        if path is not None:
+            print(f"wrote {what}: {path} ({human_size(path)})")
     return 0
 
 
@@ -94,6 +143,11 @@ def quantize_options(args: argparse.Namespace) -> dict:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    from edgediff.utils.atomic import check_writable
+
+    check_writable(Path(args.out))
+    if args.recipe and not Path(args.recipe).is_file():
+        raise EdgediffError(f"recipe file not found: {args.recipe}")
     from edgediff.methods import quantize_model
 
     meta = quantize_model(
@@ -110,7 +164,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         symmetric_weights=args.symmetric_weights,
         device=args.device,
     )
-    print(f"saved {args.out} ({meta['method']} {meta['bits']}, {meta['seconds']} s)")
+    print(
+        f"saved {args.out} ({meta['method']} {meta['bits']}, {meta['seconds']} s): recipe.json, "
+        f"model.safetensors, configs; {human_size(Path(args.out))}"
+    )
     return 0
 
 
@@ -144,7 +201,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, help="'reference' or a local diffusers folder")
     p.add_argument("--method", required=True, choices=["ptq", "efficientdm", "mpqdm", "mpqdmv2"])
-    p.add_argument("--bits", required=True, help="W<1-8>A<1-8|16>, e.g. W8A8, W4A8, W2A4")
+    p.add_argument("--bits", required=True, type=bits_arg, help="W<1-8>A<1-8|16>, e.g. W8A8, W4A8, W2A4")
     p.add_argument("--recipe", help="a recipe JSON file (overrides the default recipe for --bits)")
     p.add_argument(
         "--symmetric-weights",
@@ -199,15 +256,3 @@ def _add_mpq_switches(p: argparse.ArgumentParser) -> None:
     g.add_argument("--oolri-iters", type=positive_int("--oolri-iters"), help="mpqdmv2 SVD alternations")
     g.add_argument("--no-mtrd", dest="mtrd", action="store_const", const=False, help="mpqdmv2: no MTRD")
     g.add_argument("--mtrd-time", choices=["none", "window", "weight"], help="mpqdmv2 time-aware queue")
-
-
-def run_command(args: argparse.Namespace, handled: tuple[type[BaseException], ...] = ()) -> int:
-    """Run a parsed command; user errors print one line (no traceback) and return their exit code."""
-    try:
-        return int(args.func(args) or 0)
-    except (EdgediffError, *handled) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 2))
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130

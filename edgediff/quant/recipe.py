@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import re
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from torch import nn
 
+from edgediff.bitspec import parse_bits
 from edgediff.errors import EdgediffError
 from edgediff.quant.quantizers import ACT_MODES as A_MODES
 from edgediff.quant.quantizers import W_GRANULARITIES
@@ -24,7 +24,6 @@ from edgediff.quant.ranges import RANGE_METHODS as W_RANGES
 
 A_RANGES = ("lp", "minmax")
 RESIDUAL_SELECTIONS = ("kurtosis", "error")
-_BITS_RE = re.compile(r"^W(\d+)A(\d+)$", re.IGNORECASE)
 RECIPE_FORMAT = 1
 
 
@@ -35,15 +34,6 @@ def _bits_ok(b: Any) -> bool:
 def _choice(value: str, options: tuple[str, ...], what: str) -> None:
     if value not in options:
         raise EdgediffError(f"unknown {what} {value!r}: use one of {', '.join(options)}")
-
-
-def parse_bits(setting: str) -> tuple[int, int | None]:
-    """`"W4A8"` -> `(4, 8)`; `A16`/`A32` mean no activation quantization -> `(4, None)`."""
-    m = _BITS_RE.match(str(setting).strip())
-    w, a = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
-    if not m or not 1 <= w <= 8 or not (1 <= a <= 8 or a in (16, 32)):
-        raise EdgediffError(f"unknown bit setting {setting!r}: use W<1-8>A<1-8|16>, e.g. W4A8")
-    return w, (None if a in (16, 32) else a)
 
 
 @dataclass(frozen=True)

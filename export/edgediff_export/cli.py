@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 
 from edgediff import __version__
-from edgediff.cli import add_train_commands, positive_int, run_command
+from edgediff.cli import add_train_commands, human_size, positive_int
+from edgediff.errors import EdgediffError
+from edgediff_runtime.cli_errors import OneLineParser, parse_or_exit_code, run_guarded
 from edgediff_runtime.errors import RuntimeStageError
 
 
@@ -35,6 +37,11 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from edgediff.utils.atomic import check_writable
+
+    if not Path(args.model).exists():
+        raise EdgediffError(f"model folder not found: {args.model}")
+    check_writable(Path(args.out))
     from edgediff_export.bundle import ExportOptions, export_bundle
 
     opts = ExportOptions(
@@ -48,7 +55,8 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
         allow_fp=args.fp,
     )
     out = export_bundle(args.model, Path(args.out), opts)
-    print(f"wrote {out}")
+    print(f"wrote bundle {out} ({human_size(out)}): model.onnx, manifest.json, golden references")
+    print(f"next: edgediff-run parity {out}  |  edgediff-run sample {out} --out grid.png")
     return 0
 
 
@@ -76,6 +84,10 @@ def _cmd_export_lint(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_validate(args: argparse.Namespace) -> int:
+    if args.json:
+        from edgediff.utils.atomic import check_writable
+
+        check_writable(Path(args.json), "--json")
     from edgediff_export.validate import validate_layers
 
     rows = validate_layers(args.model, args.bundle, max_steps=args.max_steps, ort_optimize=not args.no_fusion)
@@ -159,7 +171,7 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="edgediff",
         description="Quantize, distill and export diffusion models for edge devices.",
     )
@@ -180,9 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):  # --help/--version (0) or a usage error (2, printed as one line)
+        return args
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    return run_command(args, handled=(RuntimeStageError,))
+    return run_guarded(args.func, args, handled=(EdgediffError, RuntimeStageError))
 
 
 if __name__ == "__main__":

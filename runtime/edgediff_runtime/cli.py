@@ -11,22 +11,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
-
 import numpy as np
 
-from edgediff_runtime._atomic import write_json
+from edgediff_runtime._atomic import probe_dir, write_json
 from edgediff_runtime.backends import BACKENDS, Backend, open_backend
 from edgediff_runtime.bundle import Bundle, load_bundle
+from edgediff_runtime.cli_errors import OneLineParser, parse_or_exit_code, run_guarded
 from edgediff_runtime.devices import check_host
 from edgediff_runtime.errors import RuntimeStageError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with the run stage's error contract: one line on stderr, exit 2 (no usage dump)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
 
 
 def _check_out(path: Path | None, suffix: str, flag: str) -> None:
@@ -35,8 +27,12 @@ def _check_out(path: Path | None, suffix: str, flag: str) -> None:
         return
     if path.suffix.lower() != suffix:
         raise RuntimeStageError(f"{flag} must end in {suffix}, got {path.name}")
-    if not path.resolve().parent.is_dir():
-        raise RuntimeStageError(f"{flag}: folder {path.resolve().parent} does not exist; create it first")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise RuntimeStageError(f"{flag}: folder {parent} does not exist; create it first")
+    if path.is_dir():
+        raise RuntimeStageError(f"{flag} {path} is a folder; name a {suffix} file")
+    probe_dir(parent, f"{flag}: folder")
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -58,7 +54,7 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of ``edgediff-run``."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="edgediff-run",
         description="Run edgediff bundles on a device (ONNX Runtime or TensorRT), no PyTorch needed.",
     )
@@ -76,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the manifest's)")
     p.add_argument("--num", type=int, default=4, help="number of images (default 4)")
     p.add_argument("--out", type=Path, required=True, help="output PNG grid")
-    p.add_argument("--scale", type=int, default=1, help="pixel repeat factor for small images")
+    p.add_argument("--scale", type=int, default=None,
+                   help="pixel repeat factor (default: small images upscaled to a grid >= 512 px wide)")
     p.add_argument("--save-npy", type=Path, default=None, help="also write the raw [N,C,H,W] output (.npy)")
     _add_backend_args(p)
 
@@ -203,7 +200,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.num < 1:
         raise RuntimeStageError(f"--num must be >= 1, got {args.num}")
-    if args.scale < 1:
+    if args.scale is not None and args.scale < 1:
         raise RuntimeStageError(f"--scale must be >= 1, got {args.scale}")
     if args.seed < 0:
         raise RuntimeStageError(f"--seed must be >= 0, got {args.seed}")
@@ -229,7 +226,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             bar.close()
     if not np.all(np.isfinite(result.final)):
         raise RuntimeStageError("the model produced NaN/Inf; check the bundle with `edgediff-run parity`")
-    save_grid(args.out, result.final, scale=args.scale)
+    scale = save_grid(args.out, result.final, scale=args.scale)
     if args.save_npy is not None:
         from edgediff_runtime._atomic import atomic_path
 
@@ -292,19 +289,10 @@ COMMANDS = {"info": cmd_info, "sample": cmd_sample, "parity": cmd_parity, "bench
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``edgediff-run``; returns the exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2, already printed as one line)
-        return int(exc.code or 0)
-    try:
-        return COMMANDS[args.command](args)
-    except RuntimeStageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):  # --help (0) or a usage error (2, already printed as one line)
+        return args
+    return run_guarded(COMMANDS[args.command], args, handled=(RuntimeStageError,))
 
 
 if __name__ == "__main__":  # pragma: no cover
