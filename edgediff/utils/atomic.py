@@ -31,7 +31,9 @@ def _check_parent(out: Path) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise EdgediffError(f"cannot create output folder {parent}: {exc.strerror}; choose another --out") from exc
+        raise EdgediffError(
+            f"cannot create output folder {parent}: {exc.strerror}; choose another --out"
+        ) from exc
     return parent
 
 

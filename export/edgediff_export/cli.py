@@ -64,7 +64,7 @@ def _cmd_export_lint(args: argparse.Namespace) -> int:
     import onnx
 
     from edgediff_export.errors import ExportError
-    from edgediff_export.passes.lint import format_violations, lint
+    from edgediff_export.passes.lint import format_grouped, format_violations, lint
     from edgediff_runtime.devices import load_profile
 
     path = Path(args.model)
@@ -76,8 +76,9 @@ def _cmd_export_lint(args: argparse.Namespace) -> int:
         raise ExportError(f"cannot read {path} as ONNX: {exc}") from exc
     violations = lint(model, load_profile(args.device).to_dict())
     if violations:
-        print(format_violations(violations))
-        print(f"{len(violations)} violation(s) of {args.device} rules")
+        print(format_violations(violations) if args.all else format_grouped(violations))
+        rules = len({v.rule for v in violations})
+        print(f"FAIL: {len(violations)} violation(s) of {rules} {args.device} rule(s) in {path}")
         return 1
     print(f"OK: {path} meets the rules of {args.device}")
     return 0
@@ -155,6 +156,7 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
     p = exp_sub.add_parser("lint", help="check an ONNX file against TensorRT and device-profile rules")
     p.add_argument("model", help="an .onnx file")
     p.add_argument("--device", required=True, help="device profile")
+    p.add_argument("--all", action="store_true", help="one line per finding instead of grouped by rule")
     p.set_defaults(func=_cmd_export_lint)
     p = exp_sub.add_parser("validate", help="parity level 1: SQNR of every quantized layer, PyTorch vs ONNX")
     p.add_argument("model", help="the quantized folder the bundle was exported from")

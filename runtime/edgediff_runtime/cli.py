@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
 import numpy as np
 
 from edgediff_runtime._atomic import probe_dir, write_json
@@ -233,7 +234,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         with atomic_path(args.save_npy) as tmp, tmp.open("wb") as fh:
             np.save(fh, result.final)
     per_call = 1e3 * float(np.mean(result.call_seconds))
-    print(f"wrote {args.out} ({args.num} images, {steps} steps, {per_call:.1f} ms per model call)")
+    size = args.out.stat().st_size / 1e3
+    print(f"wrote {args.out} ({args.num} images, {steps} steps, {per_call:.1f} ms per model call; "
+          f"grid upscaled {scale}x, {size:.1f} kB)")
+    if args.save_npy is not None:
+        npy_kb = args.save_npy.stat().st_size / 1e3
+        print(f"wrote {args.save_npy} (raw [N, C, H, W] float32, {npy_kb:.1f} kB)")
     return 0
 
 
@@ -251,7 +257,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
         plot_parity(args.plot, report)
     if args.json is not None:
         write_json(args.json, report)
-    print(format_report(report))
+    for what, path in (("report (JSON)", args.json), ("per-step plot (PNG)", args.plot)):
+        if path is not None:
+            print(f"wrote {what}: {path} ({path.stat().st_size / 1e3:.1f} kB)")
+    print(format_report(report))  # the verdict (PASS/FAIL) stays the last line
     return 0 if report["passed"] else 1
 
 
