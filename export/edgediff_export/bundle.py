@@ -260,6 +260,8 @@ def export_bundle(
     check_device_fit(profile, opset, is_quantized_folder(path), opts.placement)
     check_writable(out)
     t0 = time.perf_counter()
+    bar = _StageBar(progress)
+    bar.stage("load model")
     loaded: LoadedModel = load_model(model)
     weight_bytes = sum(p.numel() for p in loaded.unet.parameters()) * (1 if loaded.quantized else 4)
     check_memory_fit(profile, weight_bytes)
@@ -272,6 +274,7 @@ def export_bundle(
             f"{path} has per-step activation tables for {table} steps but --steps is {opts.steps}; "
             f"export with --steps {table}"
         )
+    bar.stage("golden references")
     fp_model = load_model(loaded.source_model).unet if loaded.source_model else None
     golden = record_golden(
         unet,
@@ -284,14 +287,17 @@ def export_bundle(
         fp_model,
     )
     ranges = None
+    bar.stage("layer output ranges")
     if loaded.quantized and opts.placement == "ort":
         ranges = layer_output_ranges(
             unet, loaded.scheduler_config, shape, opts.steps, set_step=loaded.set_step
         )
+    bar.stage("lower to ONNX")
     result = export_unet(
         unet, shape, placement=opts.placement, residual=opts.residual, opset=opset, out_ranges=ranges
     )
     proto = result.model
+    bar.stage("fold weights, check graph")
     proto, containers = _finish_weights(proto, opts.placement, profile)
     opset = graph_opset(proto)
     try:
@@ -299,6 +305,7 @@ def export_bundle(
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported graph fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
     check_memory_fit(profile, proto.ByteSize())
+    bar.stage("write bundle")
     with atomic_dir(out) as tmp:
         from edgediff_export.passes.external_data import save_model
 
@@ -352,6 +359,7 @@ def export_bundle(
             device=profile.to_dict(),
         )
         write_manifest(tmp, manifest)
+        bar.stage("measure parity (ONNX Runtime)")
         report = _measure_parity(tmp)
         manifest.parity = ParitySpec(
             tolerances=_derive_tolerances(report),
@@ -364,8 +372,31 @@ def export_bundle(
             ),
         )
         write_manifest(tmp, manifest)
+    bar.close()
     log.info("bundle %s written in %.1f s", out, time.perf_counter() - t0)
     return out
+
+
+class _StageBar:
+    """One tqdm bar over the export stages; the postfix names the stage that is running."""
+
+    STAGES = 7
+
+    def __init__(self, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.STAGES, desc="export", disable=not enabled, leave=False)
+        self.started = False
+
+    def stage(self, name: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_postfix_str(name)
+
+    def close(self) -> None:
+        self.bar.update(1)
+        self.bar.close()
 
 
 def _measure_parity(folder: Path) -> dict:
