@@ -54,6 +54,9 @@ def human_size(path: Path) -> str:
 
 
 def _cmd_reference_train(args: argparse.Namespace) -> int:
+    from edgediff.utils.atomic import check_writable
+
+    check_writable(Path(args.out))
     from edgediff.reference.trainer import ReferenceTrainConfig, train_reference
 
     out = train_reference(Path(args.out), ReferenceTrainConfig(steps=args.steps, seed=args.seed))
@@ -65,6 +68,9 @@ def _cmd_reference_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_reference_classifier(args: argparse.Namespace) -> int:
+    from edgediff.utils.atomic import check_writable
+
+    check_writable(Path(args.out))
     from edgediff.reference.classifier import save_classifier, train_classifier
 
     model, acc = train_classifier(seed=args.seed)

@@ -119,6 +119,9 @@ class LayerQuant:
         _choice(self.a_mode, A_MODES, "activation mode")
         _choice(self.w_range, W_RANGES, "weight range method")
         _choice(self.a_range, A_RANGES, "activation range method")
+        for flag in ("smooth", "w_symmetric"):
+            if not isinstance(getattr(self, flag), bool):
+                raise EdgediffError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.w_granularity == "per_tensor" and isinstance(self.w_bits, tuple):
             raise EdgediffError("per-channel bit vectors need w_granularity='per_channel'")
 
@@ -213,11 +216,13 @@ class Recipe:
                 (r["pattern"], None if r["quant"] is None else LayerQuant.from_dict(r["quant"]))
                 for r in d["rules"]
             )
-            return cls(rules=rules, name=d.get("name", "custom"))
-        except (KeyError, TypeError) as exc:
-            raise EdgediffError(
-                f"malformed recipe ({type(exc).__name__}: {exc}); write it with Recipe.to_json"
-            ) from exc
+            name = d.get("name", "custom")
+            if not isinstance(name, str) or not all(isinstance(p, str) for p, _ in rules):
+                raise TypeError("'name' and every rule's 'pattern' must be strings")
+            return cls(rules=rules, name=name)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            raise EdgediffError(f"malformed recipe ({detail}); write it with Recipe.to_json") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -25,6 +25,7 @@ import onnx
 
 from edgediff import __version__
 from edgediff.models.loading import LoadedModel, is_quantized_folder, load_model
+from edgediff.quant.io import folder_digest
 from edgediff.reference.model import resolve_model_path
 from edgediff.utils.atomic import atomic_dir, check_writable
 from edgediff_export.errors import ExportError
@@ -349,6 +350,7 @@ def export_bundle(
                     "weight_containers": dict(sorted(Counter(containers.values()).items())),
                     "trt_approximated_layers": result.approximated,
                     "source_model": str(loaded.source_model) if loaded.source_model else None,
+                    "source_digest": folder_digest(path) if loaded.quantized else None,
                 },
                 precision=precision_table(proto),
             ),

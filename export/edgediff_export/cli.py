@@ -84,6 +84,13 @@ def _cmd_export_lint(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Default verdict threshold of `edgediff export validate`: every quantized layer's worst-step SQNR
+#: (ONNX Runtime vs the same lowering in PyTorch) must reach it. 30 dB is an error of about 3 % of
+#: the signal's RMS: flipped rounding ties stay far above it (the `ort` output Q/DQ alone is about
+#: 48 dB), a wrong lowering (scale, zero point, step index) falls far below it.
+MIN_SQNR_DB = 30.0
+
+
 def _cmd_export_validate(args: argparse.Namespace) -> int:
     if args.json:
         from edgediff.utils.atomic import check_writable
@@ -106,12 +113,23 @@ def _cmd_export_validate(args: argparse.Namespace) -> int:
 
         with atomic_file(Path(args.json)) as tmp:
             tmp.write_text(json.dumps(rows, indent=2) + "\n")
-    return 0
+        print(f"wrote {args.json} ({len(rows)} layers)")
+    worst = min((r["min_sqnr_db"] for r in rows), default=float("inf"))
+    passed = worst >= args.min_sqnr
+    below = sum(r["min_sqnr_db"] < args.min_sqnr for r in rows)
+    print(
+        f"{'PASS' if passed else 'FAIL'}: worst layer {worst:.1f} dB "
+        f"{'>=' if passed else '<'} {args.min_sqnr:g} dB ({below} of {len(rows)} layers below)"
+    )
+    return 0 if passed else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import json
 
+    from edgediff.utils.atomic import check_writable
+
+    check_writable(Path(args.out) / "report.json")
     from edgediff_export.demo import run_demo
 
     report = run_demo(Path(args.out), samples=args.samples, steps=args.steps)
@@ -141,7 +159,9 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
         help="ort: Q/DQ on inputs and outputs (ONNX Runtime fuses); trt: inputs only, symmetric int8",
     )
     p.add_argument("--device", default="x86-cpu", help="device profile (see 'edgediff devices list')")
-    p.add_argument("--steps", type=int, default=20, help="sampler steps of the bundle (default 20)")
+    p.add_argument(
+        "--steps", type=positive_int("--steps"), default=20, help="sampler steps of the bundle (default 20)"
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: min(21, device max))")
     p.add_argument(
         "--residual",
@@ -149,7 +169,12 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
         default="custom",
         help="binary residuals as one edgediff node (with a function body) or as plain ops",
     )
-    p.add_argument("--golden-samples", type=int, default=8, help="samples in the golden references")
+    p.add_argument(
+        "--golden-samples",
+        type=positive_int("--golden-samples"),
+        default=8,
+        help="samples in the golden references",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fp", action="store_true", help="allow exporting a non-quantized (FP) model")
     p.set_defaults(func=_cmd_export_onnx)
@@ -161,9 +186,18 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
     p = exp_sub.add_parser("validate", help="parity level 1: SQNR of every quantized layer, PyTorch vs ONNX")
     p.add_argument("model", help="the quantized folder the bundle was exported from")
     p.add_argument("bundle", help="the bundle folder")
-    p.add_argument("--worst", type=int, default=10, help="print the worst N layers (default 10)")
-    p.add_argument("--max-steps", type=int, default=4, help="golden steps to compare (default 4)")
+    p.add_argument("--worst", type=positive_int("--worst"), default=10, help="print the worst N layers (10)")
+    p.add_argument(
+        "--max-steps", type=positive_int("--max-steps"), default=4, help="golden steps to compare (default 4)"
+    )
     p.add_argument("--json", help="write all layers' SQNR here")
+    p.add_argument(
+        "--min-sqnr",
+        type=float,
+        default=MIN_SQNR_DB,
+        help=f"PASS when every layer's worst-step SQNR reaches this (dB, default {MIN_SQNR_DB:g}); "
+        "exit 1 on FAIL",
+    )
     p.add_argument(
         "--no-fusion",
         action="store_true",

@@ -1,4 +1,4 @@
-"""`edgediff demo`: the whole path on the bundled reference model, in a few minutes on 2 cores.
+"""`edgediff demo`: the whole path on the bundled reference model, one numbered line per stage.
 
 1. FP reference: sample and score (FD, confidence, class entropy).
 2. Quantize: W8A8 `ptq` (timestep-aware calibration), scored against FP from the same noise.

@@ -268,6 +268,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Latency percentiles per model call and per image."""
     from edgediff_runtime.bench import run_bench
 
+    for flag, value, least in (("--batch", args.batch, 1), ("--iters", args.iters, 1),
+                               ("--warmup", args.warmup, 0), ("--image-runs", args.image_runs, 0)):
+        if value < least:
+            raise RuntimeStageError(f"{flag} must be >= {least}, got {value}")
+    if args.steps is not None and args.steps < 1:
+        raise RuntimeStageError(f"steps must be >= 1, got {args.steps}; pass --steps 1 or more")
     _check_out(args.json, ".json", "--json")
     bundle, backend = _open(args)
     result = run_bench(
