@@ -112,7 +112,9 @@ def ddim_sample(
     outputs: list[torch.Tensor] = []
     trajectory: list[list[torch.Tensor]] = [[] for _ in timesteps] if keep_trajectory else []
     chunks = list(torch.split(noise, batch_size))
-    bar = tqdm(total=len(chunks) * num_steps, desc="sampling", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(chunks) * num_steps, desc="sampling", disable=None if progress else True, leave=False
+    )
     for chunk in chunks:
         x = chunk.to(device)
         for i, t in enumerate(timesteps):

@@ -387,7 +387,8 @@ class _StageBar:
     def __init__(self, enabled: bool) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=self.STAGES, desc="export", disable=not enabled, leave=False)
+        # shown on a terminal only (disable=None): a log file or a pipe gets no bar residue
+        self.bar = tqdm(total=self.STAGES, desc="export", disable=None if enabled else True, leave=False)
         self.started = False
 
     def stage(self, name: str) -> None:

@@ -49,6 +49,13 @@ def os_error_line(exc: OSError) -> str:
     return " ".join(text.split())
 
 
+def _close_progress_bars() -> None:
+    """Close every open tqdm bar (they leave no line behind) so the error line starts a clean line."""
+    tqdm_std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm_std, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def run_guarded(
     func: Callable[[argparse.Namespace], int | None],
     args: argparse.Namespace,
@@ -59,12 +66,15 @@ def run_guarded(
     try:
         return int(func(args) or 0)
     except handled as exc:
+        _close_progress_bars()
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2))
     except OSError as exc:
+        _close_progress_bars()
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("error: interrupted; nothing was written", file=sys.stderr)
         return INTERRUPTED_EXIT
 

@@ -218,14 +218,27 @@ def test_tampered_quantized_folder_eval(art, tmp_path, capsys):
     )
 
 
-def test_tampered_quantized_folder_validate(art, tmp_path, capsys):
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # a weight value changes; the safetensors header stays valid
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "name, damage, needle",
+    [
+        ("model.safetensors", _flip_last_byte, "is not the quantized folder"),
+        ("edgediff_meta.json", lambda p: _write_json(p, lambda d: d.update(bits="W2A4")), "says W2A4"),
+    ],
+)
+def test_tampered_quantized_folder_validate(art, tmp_path, capsys, name, damage, needle):
     folder = copy_of(art / "q", tmp_path / "q")
-    _write_json(folder / "edgediff_meta.json", lambda d: d.update(bits="W2A4"))
+    damage(folder / name)
     check(
         edgediff_main,
         ["export", "validate", folder, art / "q.edgediff"],
         capsys,
-        "not the quantized folder",
+        needle,
         inputs=[folder, art / "q.edgediff"],
     )
 
@@ -304,8 +317,8 @@ def test_validate_refuses_a_folder_that_is_not_the_bundles_source(art, capsys):
 # ------------------------------------------------------------------------ tampered bundles ----
 
 BUNDLE = [
-    ("manifest.json", lambda p: p.write_text("{broken"), "cannot read"),
-    ("manifest.json", _truncate, "cannot read"),
+    ("manifest.json", lambda p: p.write_text("{broken"), "is not valid JSON"),
+    ("manifest.json", _truncate, "is not valid JSON"),
     ("manifest.json", lambda p: _write_json(p, lambda d: d.update(schema_version=999)), "schema"),
     ("model.onnx", _truncate, "model.onnx"),
     ("model.onnx", lambda p: p.unlink(), "model.onnx is missing"),
