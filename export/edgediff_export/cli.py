@@ -125,19 +125,27 @@ def _cmd_export_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import json
-
     from edgediff.utils.atomic import check_writable
 
-    check_writable(Path(args.out) / "report.json")
+    out = Path(args.out)
+    check_writable(out / "report.json")
     from edgediff_export.demo import run_demo
 
-    report = run_demo(Path(args.out), samples=args.samples, steps=args.steps)
-    print(json.dumps(report["summary"], indent=2))
+    report = run_demo(out, samples=args.samples, steps=args.steps)
+    s = report["summary"]
     print(
-        f"demo report: {args.out}/report.json; grids: {args.out}/samples.png, {args.out}/runtime_samples.png"
+        f"FD ({s['samples']} samples, {s['steps']} steps, lower is better): FP {s['fp_fd']}, "
+        f"quantized {s['quantized_fd']}, on the runtime {s['runtime_fd']}"
     )
-    return 0 if report["summary"]["parity"] == "PASS" else 1
+    print(
+        f"quantized vs FP (same noise): PSNR {s['quantized_paired_psnr_db']} dB, "
+        f"class agreement {s['quantized_label_agree']}"
+    )
+    print(f"parity: {s['parity']}; total {s['seconds']:.0f} s")
+    for name in ("report.json", "samples.png", "quantized_samples.png", "runtime_samples.png", "parity.png"):
+        if (out / name).exists():
+            print(f"wrote {out / name} ({human_size(out / name)})")
+    return 0 if s["parity"] == "PASS" else 1
 
 
 def _add_export_commands(sub: argparse._SubParsersAction) -> None:

@@ -295,6 +295,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     if result["peak_rss_mb"] is not None:
         lines.append(f"  peak RSS    {result['peak_rss_mb']:.0f} MiB")
+    if args.json is not None:
+        lines.append(f"wrote {args.json} ({args.json.stat().st_size / 1e3:.1f} kB)")
     print("\n".join(lines))
     return 0
 
