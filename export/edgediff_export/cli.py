@@ -39,7 +39,7 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
     from edgediff.utils.atomic import check_writable
 
-    if not Path(args.model).exists():
+    if args.model != "reference" and not Path(args.model).exists():
         raise EdgediffError(f"model folder not found: {args.model}")
     check_writable(Path(args.out))
     from edgediff_export.bundle import ExportOptions, export_bundle
