@@ -191,3 +191,20 @@ def test_mpqdmv2_w2a4_bundle_has_residual_nodes_and_passes_parity(folders):
         "ort", bundle.model_path, disabled_optimizers=bundle.manifest.onnx.ort_disabled_optimizers
     )
     assert run_parity(bundle, backend)["passed"]
+
+
+def test_validate_cli_prints_a_verdict_line(folders, w8a8_bundle, capsys):
+    argv = ["export", "validate", str(folders / "q"), str(w8a8_bundle), "--max-steps", "1", "--no-fusion"]
+    assert edgediff_main(argv) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("PASS: worst layer ") and "dB >= 30 dB (0 of " in last
+    assert edgediff_main([*argv, "--min-sqnr", "1000"]) == 1  # no layer reaches 1000 dB
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("FAIL: worst layer ") and "< 1000 dB" in last
+
+
+def test_manifest_records_the_source_folder_digest(folders, w8a8_bundle):
+    from edgediff.quant.io import folder_digest
+
+    recipe = load_bundle(w8a8_bundle).manifest.quant.recipe
+    assert recipe["source_digest"] == folder_digest(folders / "q")
