@@ -11,7 +11,6 @@ from PIL import Image
 
 from edgediff.utils.atomic import atomic_file
 
-
 MIN_TILE_PX = 64  # a 16x16 digit is shown at least 4x
 MIN_GRID_PX = 512
 

@@ -53,7 +53,8 @@ def test_missing_model_is_one_line(tmp_path, capsys):
 
 
 def test_iterations_map_to_the_stages_first_stage_first():
-    args = build_parser().parse_args([*BASE, "--out", "o", "--iterations", "10", "20", "30", "--from-steps", "8"])
+    argv = [*BASE, "--out", "o", "--iterations", "10", "20", "30", "--from-steps", "8"]
+    args = build_parser().parse_args(argv)
     budgets = budgets_from_args(args)
     assert {n: b.iterations for n, b in budgets.items()} == {4: 10, 2: 20, 1: 30}
     assert all(b.batch_size == 64 for b in budgets.values())
