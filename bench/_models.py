@@ -10,9 +10,9 @@ import argparse
 import hashlib
 from pathlib import Path
 
+from edgediff.bitspec import BitSetting
 from edgediff.errors import EdgediffError
 from edgediff.methods import quantize_model
-from edgediff.quant.bits import BitSetting
 from edgediff_export.bundle import ExportOptions, export_bundle
 
 ROOT = Path(__file__).resolve().parents[1]

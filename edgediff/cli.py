@@ -8,9 +8,7 @@ may import every stage; this module registers only what the train stage owns, so
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from pathlib import Path
 
 from edgediff.errors import EdgediffError
@@ -48,7 +46,32 @@ def conditioning_request(args: argparse.Namespace):
     return ConditioningRequest(labels=args.labels, cond_file=cond, guidance=args.guidance)
 
 
+def bits_arg(text: str):
+    """argparse type for `--bits`: a `BitSetting`, checked here (torch-free), before any stage is
+    imported."""
+    from edgediff.bitspec import BitSetting
+
+    try:
+        return BitSetting.parse(text)
+    except EdgediffError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def human_size(path: Path) -> str:
+    """Size of a file or a folder (all files below it) as e.g. `1.2 MB`."""
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    n = sum(f.stat().st_size for f in files)
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 def _cmd_reference_train(args: argparse.Namespace) -> int:
+    from edgediff.utils.atomic import check_writable
+
+    check_writable(Path(args.out))
     from edgediff.reference.trainer import ReferenceTrainConfig, train_reference
 
     out = train_reference(Path(args.out), ReferenceTrainConfig(steps=args.steps, seed=args.seed))
@@ -60,6 +83,9 @@ def _cmd_reference_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_reference_classifier(args: argparse.Namespace) -> int:
+    from edgediff.utils.atomic import check_writable
+
+    check_writable(Path(args.out))
     from edgediff.reference.classifier import save_classifier, train_classifier
 
     model, acc = train_classifier(seed=args.seed)
@@ -68,14 +94,45 @@ def _cmd_reference_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_summary(result: dict) -> list[str]:
+    """The eval report as a few readable lines (the JSON has every field)."""
+    lines = [
+        f"model        {result['model']} ({'quantized' if result['quantized'] else 'floating point'})",
+        f"sampling     {result.get('samples', '?')} samples, {result['steps']} DDIM steps, seed "
+        f"{result['seed']}, {result['sample_seconds']} s",
+        f"FD           {result['fd']:.2f} (lower is better)",
+    ]
+    if "confidence" in result:
+        lines.append(f"confidence   {result['confidence']:.3f} (mean classifier confidence)")
+    if "class_entropy" in result:
+        lines.append(f"class entropy {result['class_entropy']:.3f} (log 10 = 2.303 is uniform)")
+    if result.get("paired_psnr") is not None:
+        lines.append(
+            f"vs FP model  paired PSNR {result['paired_psnr']:.1f} dB, class agreement "
+            f"{result.get('label_agree', float('nan')):.3f} (same noise)"
+        )
+    return lines
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from edgediff.reference.evaluate import evaluate
+    from edgediff.utils.atomic import check_writable
 
     json_out = Path(args.json) if args.json else None
     grid = Path(args.grid) if args.grid else (json_out.with_suffix(".png") if json_out else None)
+    if json_out is not None:
+        check_writable(json_out, "--json")
+    if grid is not None:
+        check_writable(grid, "--grid")
+    from edgediff.reference.evaluate import evaluate
+
     request = conditioning_request(args)
-    result = evaluate(args.model, args.samples, args.steps, args.seed, json_out, grid, conditioning=request)
-    print(json.dumps(result, indent=2))
+    result = evaluate(
+        args.model, args.samples, args.steps, args.seed, json_out, grid, conditioning=request
+    )
+    print("\n".join(_eval_summary(result)))
+    for what, path in (("report (JSON)", json_out), ("sample grid (PNG)", grid)):
+        if path is not None:
+            print(f"wrote {what}: {path} ({human_size(path)})")
     return 0
 
 
@@ -103,15 +160,12 @@ def quantize_options(args: argparse.Namespace) -> dict:
     return out
 
 
-def _bits(text: str):
-    """argparse type of `--bits`: a `BitSetting` (imported on use: the quantization core loads torch).
-    A bad value raises the stage's one-line `EdgediffError`, which argparse lets through."""
-    from edgediff.quant.bits import BitSetting
-
-    return BitSetting.parse(text)
-
-
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    from edgediff.utils.atomic import check_writable
+
+    check_writable(Path(args.out))
+    if args.recipe and not Path(args.recipe).is_file():
+        raise EdgediffError(f"recipe file not found: {args.recipe}")
     from edgediff.methods import quantize_model
 
     meta = quantize_model(
@@ -130,7 +184,10 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         calib_samples=args.calib_samples,
         conditioning=conditioning_request(args),
     )
-    print(f"saved {args.out} ({meta['method']} {meta['bits']}, {meta['seconds']} s)")
+    print(
+        f"saved {args.out} ({meta['method']} {meta['bits']}, {meta['seconds']} s): recipe.json, "
+        f"model.safetensors, configs; {human_size(Path(args.out))}"
+    )
     return 0
 
 
@@ -176,7 +233,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--bits",
-        type=_bits,
+        type=bits_arg,
         help="W<1-8>A<1-8|16>, e.g. W8A8, W4A8, W2A4: picks the method's preset recipe "
         "(optional with --recipe, which then must match it)",
     )
@@ -267,15 +324,3 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
             g.add_argument(
                 opt.flag, dest=key, type=positive_int(opt.flag), metavar="N", help=opt.help + where
             )
-
-
-def run_command(args: argparse.Namespace, handled: tuple[type[BaseException], ...] = ()) -> int:
-    """Run a parsed command; user errors print one line (no traceback) and return their exit code."""
-    try:
-        return int(args.func(args) or 0)
-    except (EdgediffError, *handled) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 2))
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130

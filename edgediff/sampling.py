@@ -159,7 +159,9 @@ def ddim_sample(
     outputs: list[torch.Tensor] = []
     trajectory: list[list[torch.Tensor]] = [[] for _ in timesteps] if keep_trajectory else []
     chunks = list(torch.split(noise, batch_size))
-    bar = tqdm(total=len(chunks) * num_steps, desc="sampling", disable=not progress, leave=False)
+    bar = tqdm(
+        total=len(chunks) * num_steps, desc="sampling", disable=None if progress else True, leave=False
+    )
     for c, chunk in enumerate(chunks):
         x = chunk.to(device)
         rows = cond.rows(slice(c * batch_size, c * batch_size + x.shape[0])).to(device)

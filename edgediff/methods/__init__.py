@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
+from edgediff.bitspec import BitSetting
 from edgediff.errors import EdgediffError
 from edgediff.models.conditioning import ConditioningRequest
-from edgediff.quant.bits import BitSetting
 
 
 def quantize_model(

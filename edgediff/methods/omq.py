@@ -174,7 +174,7 @@ def omq_search(
     idx = torch.randperm(len(data), generator=gen)[: min(samples, len(data))]
     device = next(model.parameters()).device
     choices: dict[str, SplitChoice] = {}
-    bar = tqdm(total=len(layers), desc="OMQ search", disable=not progress, leave=False)
+    bar = tqdm(total=len(layers), desc="OMQ search", disable=None if progress else True, leave=False)
 
     def make_hook(name: str, layer: QuantLayer):
         def hook(module, args):

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
+from edgediff.bitspec import BitSetting
 from edgediff.errors import EdgediffError
-from edgediff.quant.bits import BitSetting
 
 if TYPE_CHECKING:
     from torch import nn

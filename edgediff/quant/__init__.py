@@ -8,7 +8,7 @@ See docs/quantization.md. Typical use:
     save_quantized(unet, recipe, out, dict(unet.config), sched_cfg, meta={"method": "ptq"})
 """
 
-from edgediff.quant.bits import BitSetting
+from edgediff.bitspec import BitSetting
 from edgediff.quant.calibration import CalibrationData, calibrate, collect_calibration
 from edgediff.quant.io import load_quantized, save_quantized
 from edgediff.quant.layers import QuantConv2d, QuantLayer, QuantLinear

@@ -168,7 +168,8 @@ def _record(
     try:
         with torch.no_grad(), quant_disabled(model):
             chunks = list(data.batches(batch_size))
-            for step, x, t, cond in tqdm(chunks, desc="calibrating", disable=not progress, leave=False):
+            bar = tqdm(chunks, desc="calibrating", disable=None if progress else True, leave=False)
+            for step, x, t, cond in bar:
                 current[0] = step
                 denoise(model, x.to(device), t.to(device), {k: v.to(device) for k, v in cond.items()})
     finally:

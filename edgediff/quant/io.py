@@ -4,12 +4,19 @@ Folder contents (written atomically: a failure leaves nothing behind):
 `recipe.json`, `model.safetensors` (full state dict incl. quantizer buffers),
 `unet_config.json` (diffusers config with `_class_name`), `scheduler_config.json`,
 `edgediff_meta.json` (the caller's meta plus an `_edgediff` section: format, model class,
-per-step table size, dtype, library versions).
+per-step table size, dtype, library versions, and digests of the recipe and of the caller's meta).
+
+On load the three parts are checked against each other (`_check_consistent`): the recipe's bit
+widths against the bit vectors stored with the weights, zero points against their code range,
+the meta's `bits` label against the recipe, and both digests; a folder whose parts come from
+different models is refused with a one-line error instead of being used silently.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +25,12 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from edgediff.bitspec import BitSetting
 from edgediff.errors import EdgediffError
+from edgediff.quant.layers import QuantLayer
+from edgediff.quant.primitives import qrange
 from edgediff.quant.quantize import quantize_
-from edgediff.quant.quantizers import ActQuantizer
+from edgediff.quant.quantizers import ActQuantizer, WeightQuantizer
 from edgediff.quant.recipe import Recipe
 from edgediff.utils.atomic import atomic_dir
 
@@ -42,6 +52,36 @@ def _dumps(obj: Any, what: str) -> str:
         raise EdgediffError(
             f"{what} is not JSON-serializable ({exc}); pass plain str/int/float/list/dict values"
         ) from exc
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def recipe_digest(recipe: Recipe) -> str:
+    """sha256 of the recipe's canonical JSON (whitespace and key order do not matter)."""
+    return _digest(recipe.to_json())
+
+
+def meta_digest(meta: dict) -> str:
+    """sha256 of the caller's meta (without the `_edgediff` section) as canonical JSON."""
+    return _digest(json.dumps({k: v for k, v in meta.items() if k != _RESERVED}, sort_keys=True))
+
+
+def folder_digest(path: str | Path) -> str:
+    """Identity of a quantized folder: sha256 over its recipe digest and the bytes of its weights.
+
+    The export records it in the bundle manifest, so `export validate` can tell whether a folder
+    is the bundle's source.
+    """
+    path = Path(path)
+    h = hashlib.sha256()
+    recipe = Recipe.from_dict(_read_json(path, "recipe.json"))
+    h.update(recipe_digest(recipe).encode())
+    with (path / "model.safetensors").open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def step_table_size(model: nn.Module) -> int | None:
@@ -77,6 +117,7 @@ def save_quantized(
     cls_name = _model_class(model)
     weight = next((p for p in model.parameters() if p.is_floating_point()), None)
     unet_cfg = {**dict(base_config), "_class_name": dict(base_config).get("_class_name", cls_name)}
+    _dumps(dict(meta), "meta")  # refuse a non-JSON meta before its digest is taken
     extra = {
         "format": FORMAT,
         "model_class": cls_name,
@@ -84,6 +125,8 @@ def save_quantized(
         "dtype": str(weight.dtype).removeprefix("torch.") if weight is not None else "float32",
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
+        "recipe_sha256": recipe_digest(recipe),
+        "meta_sha256": meta_digest(dict(meta)),
     }
     texts = {
         "recipe.json": recipe.to_json(),
@@ -156,6 +199,7 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, Recipe, dict, dict]:
         quantize_(model, recipe, num_steps=extra.get("num_steps"))
     except EdgediffError as exc:
         raise EdgediffError(f"recipe.json in {path} does not fit unet_config.json: {exc}") from exc
+    recipe_bits = {n: m.bits.clone() for n, m in model.named_modules() if isinstance(m, WeightQuantizer)}
     try:
         missing, unexpected = load_model(model, str(weights), strict=False)
     except Exception as exc:  # safetensors raises its own error type for corrupt headers
@@ -167,5 +211,67 @@ def load_quantized(path: str | Path) -> tuple[nn.Module, Recipe, dict, dict]:
             f"model.safetensors in {path} does not match recipe.json (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}); re-save the model"
         )
+    _check_consistent(path, model, recipe, recipe_bits, meta, extra)
     model.eval()
     return model, recipe, texts["scheduler_config.json"], meta
+
+
+def _main_setting(layer: QuantLayer) -> tuple[int, int | None]:
+    """A layer's (weight bits, activation bits); a per-channel bit vector counts as its most common value."""
+    bits = [int(b) for b in layer.weight_quant.bits.flatten().tolist()]
+    w = Counter(bits).most_common(1)[0][0]
+    return w, (layer.act_quant.bits if layer.act_quant is not None else None)
+
+
+def _check_consistent(
+    path: Path, model: nn.Module, recipe: Recipe, recipe_bits: dict, meta: dict, extra: dict
+) -> None:
+    """Recipe vs weights vs meta (see the module docstring); one-line EdgediffError on a contradiction."""
+    for name, quantizer in model.named_modules():
+        if not isinstance(quantizer, WeightQuantizer):
+            continue
+        expected, stored = recipe_bits[name], quantizer.bits
+        if expected.shape != stored.shape or not bool((expected == stored).all()):
+            raise EdgediffError(
+                f"model.safetensors in {path} stores {sorted(set(stored.flatten().tolist()))}-bit weights in "
+                f"{name.removesuffix('.weight_quant')} but recipe.json says "
+                f"{sorted(set(expected.flatten().tolist()))}: recipe and weights come from different "
+                "models; re-quantize or restore the folder's own recipe.json"
+            )
+        lo, hi = qrange(stored)
+        z = quantizer.zero_point.to(torch.int64)
+        if bool(((z < lo.to(z.dtype).expand_as(z)) | (z > hi.to(z.dtype).expand_as(z))).any()):
+            raise EdgediffError(
+                f"model.safetensors in {path}: zero points of {name} lie outside the "
+                f"{stored.min().item()}-bit code range; the weights are corrupt, re-quantize"
+            )
+    for name, quantizer in model.named_modules():
+        if isinstance(quantizer, ActQuantizer) and hasattr(quantizer, "zero_point"):
+            z = quantizer.zero_point
+            if bool(((z < quantizer.qmin) | (z > quantizer.qmax)).any()):
+                raise EdgediffError(
+                    f"model.safetensors in {path}: activation zero points of {name} lie outside the "
+                    f"{quantizer.bits}-bit range of recipe.json; recipe and weights do not belong together"
+                )
+    if "bits" in meta:
+        try:
+            bits = BitSetting.parse(str(meta["bits"]))
+        except EdgediffError as exc:
+            raise EdgediffError(f"edgediff_meta.json in {path}: {exc}") from exc
+        settings = {_main_setting(layer) for layer in model.modules() if isinstance(layer, QuantLayer)}
+        if settings and (bits.w, bits.a) not in settings:
+            have = ", ".join(f"W{w}A{a or 16}" for w, a in sorted(settings, key=str))
+            raise EdgediffError(
+                f"edgediff_meta.json in {path} says {meta['bits']} but recipe.json quantizes its layers "
+                f"as {have}; restore the folder's own files or re-quantize"
+            )
+    if extra.get("recipe_sha256") not in (None, recipe_digest(recipe)):
+        raise EdgediffError(
+            f"recipe.json in {path} was changed after the folder was written (digest mismatch); "
+            "restore it or re-quantize"
+        )
+    if extra.get("meta_sha256") not in (None, meta_digest(meta)):
+        raise EdgediffError(
+            f"edgediff_meta.json in {path} was edited after the folder was written (digest mismatch); "
+            "restore it or re-quantize"
+        )

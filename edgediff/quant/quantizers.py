@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from edgediff.bitspec import check_bits
 from edgediff.errors import EdgediffError
-from edgediff.quant.bits import check_bits
 from edgediff.quant.primitives import (
     fake_quant_dynamic_per_token,
     fake_quant_per_channel,

@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from edgediff.bitspec import BitSetting, check_bits
 from edgediff.errors import EdgediffError
-from edgediff.quant.bits import BitSetting, check_bits
 from edgediff.quant.quantizers import ACT_MODES as A_MODES
 from edgediff.quant.quantizers import W_GRANULARITIES
 from edgediff.quant.ranges import RANGE_METHODS as W_RANGES
@@ -114,6 +114,9 @@ class LayerQuant:
         _choice(self.a_mode, A_MODES, "activation mode")
         _choice(self.w_range, W_RANGES, "weight range method")
         _choice(self.a_range, A_RANGES, "activation range method")
+        for flag in ("smooth", "w_symmetric"):
+            if not isinstance(getattr(self, flag), bool):
+                raise EdgediffError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.w_granularity == "per_tensor" and isinstance(self.w_bits, tuple):
             raise EdgediffError("per-channel bit vectors need w_granularity='per_channel'")
 
@@ -231,11 +234,13 @@ class Recipe:
                 for r in d["rules"]
             )
             bits = BitSetting.parse(d["bits"]) if d.get("bits") else None
-            return cls(rules=rules, name=d.get("name", "custom"), bits=bits)
-        except (KeyError, TypeError) as exc:
-            raise EdgediffError(
-                f"malformed recipe ({type(exc).__name__}: {exc}); write it with Recipe.to_json"
-            ) from exc
+            name = d.get("name", "custom")
+            if not isinstance(name, str) or not all(isinstance(p, str) for p, _ in rules):
+                raise TypeError("'name' and every rule's 'pattern' must be strings")
+            return cls(rules=rules, name=name, bits=bits)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            raise EdgediffError(f"malformed recipe ({detail}); write it with Recipe.to_json") from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

@@ -60,7 +60,7 @@ def train_classifier(
     model = TinyCNN()
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc="classifier", disable=not progress, leave=False):
+    for _ in tqdm(range(epochs), desc="classifier", disable=None if progress else True, leave=False):
         model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
         for batch in order.split(batch_size):

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edgediff.errors import EdgediffError
+from edgediff.utils.probe import probe_output
 
 
 def _umask_mode(mode: int) -> int:
@@ -19,19 +20,20 @@ def _umask_mode(mode: int) -> int:
     return mode & ~umask
 
 
-def check_writable(out: Path) -> Path:
-    """Fail early (before long work) when `out`'s folder cannot be created or written."""
-    return _check_parent(Path(out))
+def check_writable(out: Path, flag: str = "--out") -> Path:
+    """Fail early (before long work) when `out` cannot be written: a real file is created and
+    removed there (`probe_output`); nothing is created. Returns `out`'s parent folder."""
+    return probe_output(out, flag)
 
 
 def _check_parent(out: Path) -> Path:
-    parent = out.resolve().parent
+    parent = probe_output(out)
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise EdgediffError(f"cannot create output folder {parent}: {exc.strerror}") from exc
-    if not os.access(parent, os.W_OK):
-        raise EdgediffError(f"output folder {parent} is not writable; choose another --out")
+        raise EdgediffError(
+            f"cannot create output folder {parent}: {exc.strerror}; choose another --out"
+        ) from exc
     return parent
 
 

@@ -26,7 +26,7 @@ import onnx
 
 from edgediff import __version__
 from edgediff.models.loading import LoadedModel, is_quantized_folder, load_model
-from edgediff.quant.io import step_table_size
+from edgediff.quant.io import folder_digest, step_table_size
 from edgediff.quant.storage import weight_storage
 from edgediff.reference.model import resolve_model_path
 from edgediff.utils.atomic import atomic_dir, check_writable
@@ -288,6 +288,8 @@ def export_bundle(
     check_device_fit(profile, opset, is_quantized_folder(path), opts.placement)
     check_writable(out)
     t0 = time.perf_counter()
+    bar = _StageBar(progress)
+    bar.stage("load model")
     loaded: LoadedModel = load_model(model)
     weight_bytes = sum(p.numel() for p in loaded.unet.parameters()) * (1 if loaded.quantized else 4)
     check_memory_fit(profile, weight_bytes)
@@ -302,6 +304,7 @@ def export_bundle(
             f"export with --steps {table} (the default)"
         )
     quant = quant_spec(loaded, unet, table, opts.placement)
+    bar.stage("golden references")
     fp_model = load_model(loaded.source_model).unet if loaded.source_model else None
     golden = record_golden(
         unet,
@@ -314,14 +317,17 @@ def export_bundle(
         fp_model,
     )
     ranges = None
+    bar.stage("layer output ranges")
     if loaded.quantized and opts.placement == "ort":
         ranges = layer_output_ranges(
             unet, loaded.scheduler_config, shape, steps, set_step=loaded.set_step
         )
+    bar.stage("lower to ONNX")
     result = export_unet(
         unet, shape, placement=opts.placement, residual=opts.residual, opset=opset, out_ranges=ranges
     )
     proto = result.model
+    bar.stage("fold weights, check graph")
     proto, containers = _finish_weights(proto, opts.placement, profile)
     opset = graph_opset(proto)
     try:
@@ -329,6 +335,7 @@ def export_bundle(
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported graph fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
     check_memory_fit(profile, proto.ByteSize())
+    bar.stage("write bundle")
     with atomic_dir(out) as tmp:
         from edgediff_export.passes.external_data import save_model
 
@@ -370,6 +377,7 @@ def export_bundle(
                     "residual": opts.residual,
                     "trt_approximated_layers": result.approximated,
                     "source_model": str(loaded.source_model) if loaded.source_model else None,
+                    "source_digest": folder_digest(path) if loaded.quantized else None,
                 },
                 precision=precision_table(proto),
             ),
@@ -380,6 +388,7 @@ def export_bundle(
             device=profile.to_dict(),
         )
         write_manifest(tmp, manifest)
+        bar.stage("measure parity (ONNX Runtime)")
         report = _measure_parity(tmp)
         manifest.parity = ParitySpec(
             tolerances=_derive_tolerances(report),
@@ -392,8 +401,32 @@ def export_bundle(
             ),
         )
         write_manifest(tmp, manifest)
+    bar.close()
     log.info("bundle %s written in %.1f s", out, time.perf_counter() - t0)
     return out
+
+
+class _StageBar:
+    """One tqdm bar over the export stages; the postfix names the stage that is running."""
+
+    STAGES = 7
+
+    def __init__(self, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        # shown on a terminal only (disable=None): a log file or a pipe gets no bar residue
+        self.bar = tqdm(total=self.STAGES, desc="export", disable=None if enabled else True, leave=False)
+        self.started = False
+
+    def stage(self, name: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_postfix_str(name)
+
+    def close(self) -> None:
+        self.bar.update(1)
+        self.bar.close()
 
 
 def _measure_parity(folder: Path) -> dict:

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 from edgediff import __version__
-from edgediff.cli import add_train_commands, positive_int, run_command
+from edgediff.cli import add_train_commands, human_size, positive_int
 from edgediff.errors import EdgediffError
+from edgediff_runtime.cli_errors import OneLineParser, parse_or_exit_code, run_guarded
 from edgediff_runtime.errors import RuntimeStageError
 
 
@@ -36,6 +37,11 @@ def _cmd_devices_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from edgediff.utils.atomic import check_writable
+
+    if args.model != "reference" and not Path(args.model).exists():
+        raise EdgediffError(f"model folder not found: {args.model}")
+    check_writable(Path(args.out))
     from edgediff_export.bundle import ExportOptions, export_bundle
 
     opts = ExportOptions(
@@ -49,7 +55,8 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
         allow_fp=args.fp,
     )
     out = export_bundle(args.model, Path(args.out), opts)
-    print(f"wrote {out}")
+    print(f"wrote bundle {out} ({human_size(out)}): model.onnx, manifest.json, golden references")
+    print(f"next: edgediff-run parity {out}  |  edgediff-run sample {out} --out grid.png")
     return 0
 
 
@@ -57,7 +64,7 @@ def _cmd_export_lint(args: argparse.Namespace) -> int:
     import onnx
 
     from edgediff_export.errors import ExportError
-    from edgediff_export.passes.lint import format_violations, lint
+    from edgediff_export.passes.lint import format_grouped, format_violations, lint
     from edgediff_runtime.devices import load_profile
 
     path = Path(args.model)
@@ -69,14 +76,26 @@ def _cmd_export_lint(args: argparse.Namespace) -> int:
         raise ExportError(f"cannot read {path} as ONNX: {exc}") from exc
     violations = lint(model, load_profile(args.device).to_dict())
     if violations:
-        print(format_violations(violations))
-        print(f"{len(violations)} violation(s) of {args.device} rules")
+        print(format_violations(violations) if args.all else format_grouped(violations))
+        rules = len({v.rule for v in violations})
+        print(f"FAIL: {len(violations)} violation(s) of {rules} {args.device} rule(s) in {path}")
         return 1
     print(f"OK: {path} meets the rules of {args.device}")
     return 0
 
 
+#: Default verdict threshold of `edgediff export validate`: every quantized layer's worst-step SQNR
+#: (ONNX Runtime vs the same lowering in PyTorch) must reach it. 30 dB is an error of about 3 % of
+#: the signal's RMS: flipped rounding ties stay far above it (the `ort` output Q/DQ alone is about
+#: 48 dB), a wrong lowering (scale, zero point, step index) falls far below it.
+MIN_SQNR_DB = 30.0
+
+
 def _cmd_export_validate(args: argparse.Namespace) -> int:
+    if args.json:
+        from edgediff.utils.atomic import check_writable
+
+        check_writable(Path(args.json), "--json")
     from edgediff_export.validate import validate_layers
 
     rows = validate_layers(args.model, args.bundle, max_steps=args.max_steps, ort_optimize=not args.no_fusion)
@@ -94,20 +113,39 @@ def _cmd_export_validate(args: argparse.Namespace) -> int:
 
         with atomic_file(Path(args.json)) as tmp:
             tmp.write_text(json.dumps(rows, indent=2) + "\n")
-    return 0
+        print(f"wrote {args.json} ({len(rows)} layers)")
+    worst = min((r["min_sqnr_db"] for r in rows), default=float("inf"))
+    passed = worst >= args.min_sqnr
+    below = sum(r["min_sqnr_db"] < args.min_sqnr for r in rows)
+    print(
+        f"{'PASS' if passed else 'FAIL'}: worst layer {worst:.1f} dB "
+        f"{'>=' if passed else '<'} {args.min_sqnr:g} dB ({below} of {len(rows)} layers below)"
+    )
+    return 0 if passed else 1
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import json
+    from edgediff.utils.atomic import check_writable
 
+    out = Path(args.out)
+    check_writable(out / "report.json")
     from edgediff_export.demo import run_demo
 
-    report = run_demo(Path(args.out), samples=args.samples, steps=args.steps)
-    print(json.dumps(report["summary"], indent=2))
+    report = run_demo(out, samples=args.samples, steps=args.steps)
+    s = report["summary"]
     print(
-        f"demo report: {args.out}/report.json; grids: {args.out}/samples.png, {args.out}/runtime_samples.png"
+        f"FD ({s['samples']} samples, {s['steps']} steps, lower is better): FP {s['fp_fd']}, "
+        f"quantized {s['quantized_fd']}, on the runtime {s['runtime_fd']}"
     )
-    return 0 if report["summary"]["parity"] == "PASS" else 1
+    print(
+        f"quantized vs FP (same noise): PSNR {s['quantized_paired_psnr_db']} dB, "
+        f"class agreement {s['quantized_label_agree']}"
+    )
+    print(f"parity: {s['parity']}; total {s['seconds']:.0f} s")
+    for name in ("report.json", "samples.png", "quantized_samples.png", "runtime_samples.png", "parity.png"):
+        if (out / name).exists():
+            print(f"wrote {out / name} ({human_size(out / name)})")
+    return 0 if s["parity"] == "PASS" else 1
 
 
 def _add_export_commands(sub: argparse._SubParsersAction) -> None:
@@ -143,20 +181,35 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
         default="custom",
         help="binary residuals as one edgediff node (with a function body) or as plain ops",
     )
-    p.add_argument("--golden-samples", type=int, default=8, help="samples in the golden references")
+    p.add_argument(
+        "--golden-samples",
+        type=positive_int("--golden-samples"),
+        default=8,
+        help="samples in the golden references",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fp", action="store_true", help="allow exporting a non-quantized (FP) model")
     p.set_defaults(func=_cmd_export_onnx)
     p = exp_sub.add_parser("lint", help="check an ONNX file against TensorRT and device-profile rules")
     p.add_argument("model", help="an .onnx file")
     p.add_argument("--device", required=True, help="device profile")
+    p.add_argument("--all", action="store_true", help="one line per finding instead of grouped by rule")
     p.set_defaults(func=_cmd_export_lint)
     p = exp_sub.add_parser("validate", help="parity level 1: SQNR of every quantized layer, PyTorch vs ONNX")
     p.add_argument("model", help="the quantized folder the bundle was exported from")
     p.add_argument("bundle", help="the bundle folder")
-    p.add_argument("--worst", type=int, default=10, help="print the worst N layers (default 10)")
-    p.add_argument("--max-steps", type=int, default=4, help="golden steps to compare (default 4)")
+    p.add_argument("--worst", type=positive_int("--worst"), default=10, help="print the worst N layers (10)")
+    p.add_argument(
+        "--max-steps", type=positive_int("--max-steps"), default=4, help="golden steps to compare (default 4)"
+    )
     p.add_argument("--json", help="write all layers' SQNR here")
+    p.add_argument(
+        "--min-sqnr",
+        type=float,
+        default=MIN_SQNR_DB,
+        help=f"PASS when every layer's worst-step SQNR reaches this (dB, default {MIN_SQNR_DB:g}); "
+        "exit 1 on FAIL",
+    )
     p.add_argument(
         "--no-fusion",
         action="store_true",
@@ -166,7 +219,7 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="edgediff",
         description="Quantize, distill and export diffusion models for edge devices.",
     )
@@ -188,12 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
-    except EdgediffError as exc:  # an argparse type's value error (e.g. --bits), one line
+        args = parse_or_exit_code(build_parser(), argv)
+    except EdgediffError as exc:  # a value error raised while the parser is built or run, one line
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    if isinstance(args, int):  # --help/--version (0) or a usage error (2, printed as one line)
+        return args
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    return run_command(args, handled=(RuntimeStageError,))
+    return run_guarded(args.func, args, handled=(EdgediffError, RuntimeStageError))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ import numpy as np
 import onnx
 import torch
 
-from edgediff.models.loading import load_model
+from edgediff.models.loading import is_quantized_folder, load_model
 from edgediff.quant import quant_layers
+from edgediff.quant.io import folder_digest
 from edgediff_export.errors import ExportError
 from edgediff_export.to_onnx import LAYER_OUTPUTS_FILE
 from edgediff_runtime.bundle import load_bundle, load_golden
@@ -29,6 +30,19 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     noise = float(((ref.astype(np.float64) - test) ** 2).sum())
     signal = float((ref.astype(np.float64) ** 2).sum())
     return math.inf if noise == 0.0 else 10.0 * math.log10(max(signal, 1e-30) / noise)
+
+
+def check_source(model_dir: str | Path, bundle) -> None:
+    """Refuse a quantized folder that is not the bundle's source (digest recorded at export)."""
+    recipe = bundle.manifest.quant.recipe or {}
+    recorded = recipe.get("source_digest")
+    if recorded is None:
+        return  # a bundle written before the digest was recorded: nothing to compare against
+    if folder_digest(model_dir) != recorded:
+        raise ExportError(
+            f"{model_dir} is not the quantized folder {bundle.root} was exported from (its recipe and "
+            "weights digest differs from the one in the manifest); pass the bundle's own source folder"
+        )
 
 
 def _export_twin(loaded, bundle) -> torch.nn.Module:
@@ -66,10 +80,11 @@ def validate_layers(
     """
     import onnxruntime as ort
 
-    loaded = load_model(model_dir)
-    if not loaded.quantized:
+    if not Path(model_dir).is_dir() or not is_quantized_folder(Path(model_dir)):
         raise ExportError(f"{model_dir} is not a quantized folder; level-1 parity compares quantized layers")
     bundle = load_bundle(bundle_dir, verify=True)
+    check_source(model_dir, bundle)
+    loaded = load_model(model_dir)
     golden = load_golden(bundle)
     proto = onnx.load(str(bundle.model_path))
     layers = quant_layers(loaded.unet)

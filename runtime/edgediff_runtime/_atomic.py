@@ -24,12 +24,27 @@ def _umask_mode(mode: int) -> int:
     return mode & ~umask
 
 
+def probe_dir(folder: Path, what: str = "output folder") -> None:
+    """Create and remove a real file in ``folder`` (``os.access`` says yes to root on a read-only
+    mount or a full disk); raise a one-line error when that fails."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".edgediff-probe-", dir=folder)
+        try:
+            os.write(fd, b"\0")
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as exc:
+        raise RuntimeStageError(
+            f"{what} {folder} is not writable ({exc.strerror or exc}); choose another path"
+        ) from exc
+
+
 def _parent(out: Path) -> Path:
     parent = out.resolve().parent
     if not parent.is_dir():
         raise RuntimeStageError(f"output folder {parent} does not exist; create it or choose another path")
-    if not os.access(parent, os.W_OK):
-        raise RuntimeStageError(f"output folder {parent} is not writable; choose another path")
+    probe_dir(parent)
     return parent
 
 

@@ -11,22 +11,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 
-from edgediff_runtime._atomic import write_json
+from edgediff_runtime._atomic import probe_dir, write_json
 from edgediff_runtime.backends import BACKENDS, Backend, open_backend
 from edgediff_runtime.bundle import GOLDEN_PATH, Bundle, load_bundle
+from edgediff_runtime.cli_errors import OneLineParser, parse_or_exit_code, run_guarded
 from edgediff_runtime.devices import check_host
 from edgediff_runtime.errors import RuntimeStageError
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with the run stage's error contract: one line on stderr, exit 2 (no usage dump)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
 
 
 def _check_out(path: Path | None, suffix: str, flag: str) -> None:
@@ -35,8 +28,12 @@ def _check_out(path: Path | None, suffix: str, flag: str) -> None:
         return
     if path.suffix.lower() != suffix:
         raise RuntimeStageError(f"{flag} must end in {suffix}, got {path.name}")
-    if not path.resolve().parent.is_dir():
-        raise RuntimeStageError(f"{flag}: folder {path.resolve().parent} does not exist; create it first")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise RuntimeStageError(f"{flag}: folder {parent} does not exist; create it first")
+    if path.is_dir():
+        raise RuntimeStageError(f"{flag} {path} is a folder; name a {suffix} file")
+    probe_dir(parent, f"{flag}: folder")
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -58,7 +55,7 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of ``edgediff-run``."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="edgediff-run",
         description="Run edgediff bundles on a device (ONNX Runtime or TensorRT), no PyTorch needed.",
     )
@@ -77,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sampler steps (default: the manifest's; per-step scales allow only that)")
     p.add_argument("--num", type=int, default=4, help="number of images (default 4)")
     p.add_argument("--out", type=Path, required=True, help="output PNG grid")
-    p.add_argument("--scale", type=int, default=1, help="pixel repeat factor for small images")
+    p.add_argument("--scale", type=int, default=None,
+                   help="pixel repeat factor (default: small images upscaled to a grid >= 512 px wide)")
     p.add_argument("--save-npy", type=Path, default=None, help="also write the raw [N,C,H,W] output (.npy)")
     _add_backend_args(p)
 
@@ -216,7 +214,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.num < 1:
         raise RuntimeStageError(f"--num must be >= 1, got {args.num}")
-    if args.scale < 1:
+    if args.scale is not None and args.scale < 1:
         raise RuntimeStageError(f"--scale must be >= 1, got {args.scale}")
     if args.seed < 0:
         raise RuntimeStageError(f"--seed must be >= 0, got {args.seed}")
@@ -242,14 +240,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
             bar.close()
     if not np.all(np.isfinite(result.final)):
         raise RuntimeStageError("the model produced NaN/Inf; check the bundle with `edgediff-run parity`")
-    save_grid(args.out, result.final, scale=args.scale)
+    scale = save_grid(args.out, result.final, scale=args.scale)
     if args.save_npy is not None:
         from edgediff_runtime._atomic import atomic_path
 
         with atomic_path(args.save_npy) as tmp, tmp.open("wb") as fh:
             np.save(fh, result.final)
     per_call = 1e3 * float(np.mean(result.call_seconds))
-    print(f"wrote {args.out} ({args.num} images, {steps} steps, {per_call:.1f} ms per model call)")
+    size = args.out.stat().st_size / 1e3
+    print(f"wrote {args.out} ({args.num} images, {steps} steps, {per_call:.1f} ms per model call; "
+          f"grid upscaled {scale}x, {size:.1f} kB)")
+    if args.save_npy is not None:
+        npy_kb = args.save_npy.stat().st_size / 1e3
+        print(f"wrote {args.save_npy} (raw [N, C, H, W] float32, {npy_kb:.1f} kB)")
     return 0
 
 
@@ -267,7 +270,10 @@ def cmd_parity(args: argparse.Namespace) -> int:
         plot_parity(args.plot, report)
     if args.json is not None:
         write_json(args.json, report)
-    print(format_report(report))
+    for what, path in (("report (JSON)", args.json), ("per-step plot (PNG)", args.plot)):
+        if path is not None:
+            print(f"wrote {what}: {path} ({path.stat().st_size / 1e3:.1f} kB)")
+    print(format_report(report))  # the verdict (PASS/FAIL) stays the last line
     return 0 if report["passed"] else 1
 
 
@@ -275,6 +281,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Latency percentiles per model call and per image."""
     from edgediff_runtime.bench import run_bench
 
+    for flag, value, least in (("--batch", args.batch, 1), ("--iters", args.iters, 1),
+                               ("--warmup", args.warmup, 0), ("--image-runs", args.image_runs, 0)):
+        if value < least:
+            raise RuntimeStageError(f"{flag} must be >= {least}, got {value}")
+    if args.steps is not None and args.steps < 1:
+        raise RuntimeStageError(f"steps must be >= 1, got {args.steps}; pass --steps 1 or more")
     _check_out(args.json, ".json", "--json")
     bundle, backend = _open(args, steps=args.steps)
     result = run_bench(
@@ -296,6 +308,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     if result["peak_rss_mb"] is not None:
         lines.append(f"  peak RSS    {result['peak_rss_mb']:.0f} MiB")
+    if args.json is not None:
+        lines.append(f"wrote {args.json} ({args.json.stat().st_size / 1e3:.1f} kB)")
     print("\n".join(lines))
     return 0
 
@@ -305,19 +319,10 @@ COMMANDS = {"info": cmd_info, "sample": cmd_sample, "parity": cmd_parity, "bench
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``edgediff-run``; returns the exit code."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2, already printed as one line)
-        return int(exc.code or 0)
-    try:
-        return COMMANDS[args.command](args)
-    except RuntimeStageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    args = parse_or_exit_code(build_parser(), argv)
+    if isinstance(args, int):  # --help (0) or a usage error (2, already printed as one line)
+        return args
+    return run_guarded(COMMANDS[args.command], args, handled=(RuntimeStageError,))
 
 
 if __name__ == "__main__":  # pragma: no cover

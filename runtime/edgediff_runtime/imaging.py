@@ -67,12 +67,42 @@ def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.n
     return grid
 
 
-def save_grid(path: str | os.PathLike[str], images: np.ndarray, scale: int = 1) -> None:
-    """Write [-1, 1] images [N, C, H, W] as one PNG grid, atomically; ``scale`` repeats pixels."""
+MIN_TILE_PX = 64  # a 16x16 digit is shown at least 4x
+MIN_GRID_PX = 512
+
+
+def readable_scale(tile_width: int, grid_width: int) -> int:
+    """Nearest-neighbour repeat factor that shows a tile >= 64 px and the grid >= 512 px wide."""
+    return max(1, math.ceil(MIN_TILE_PX / max(tile_width, 1)), math.ceil(MIN_GRID_PX / max(grid_width, 1)))
+
+
+def save_grid(path: str | os.PathLike[str], images: np.ndarray, scale: int | None = None) -> int:
+    """Write [-1, 1] images [N, C, H, W] as one PNG grid, atomically; returns the pixel repeat used.
+
+    ``scale`` repeats pixels; ``None`` picks :func:`readable_scale` (small images upscaled).
+    """
     grid = make_grid(to_uint8(images))
+    if scale is None:
+        scale = readable_scale(images.shape[-1], grid.shape[1])
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     write_bytes(path, encode_png(grid))
+    return scale
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """About ``count`` round tick values (1, 2 or 5 x 10^k apart) covering [lo, hi]."""
+    span = hi - lo
+    raw = span / max(count - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks = []
+    v = first
+    while v <= hi + 1e-9 * step:
+        ticks.append(round(v, 12))
+        v += step
+    return ticks
 
 
 def plot_parity(path: str | os.PathLike[str], report: dict) -> None:
@@ -83,22 +113,25 @@ def plot_parity(path: str | os.PathLike[str], report: dict) -> None:
         raise RuntimeStageError("--plot needs Pillow; pip install pillow or drop --plot") from None
     per_step = report["level2"]["per_step"]
     tol = report["tolerances"]
-    width, height, margin = 720, 520, 60
+    width, height = 760, 560
+    left, right = 70, width - 30  # room for y tick labels on the left, a margin on the right
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     steps = [p["step"] for p in per_step]
     cap = 160.0  # identical latents have infinite PSNR: drawn at the cap
     psnr = [cap if p["psnr"] is None else min(p["psnr"], cap) for p in per_step]
     err = [math.log10(max(p["max_abs"], 1e-12)) for p in per_step]
+    half = (height - 40) // 2
     panels = [
-        ("PSNR per step (dB)", psnr, tol.get("latent_psnr_min"), (30, 90, 200), 30, (height - 30) // 2),
+        ("PSNR per step (dB), higher is better", psnr, tol.get("latent_psnr_min"), (30, 90, 200),
+         40, half),
         (
-            "log10 max |runtime - pytorch| per step",
+            "log10 max |runtime - pytorch| per step, lower is better",
             err,
             math.log10(tol["latent_max_abs"]) if tol.get("latent_max_abs") else None,
             (200, 60, 30),
-            (height - 30) // 2 + 30,
-            height - 30,
+            half + 50,
+            height - 50,
         ),
     ]
     s_max = max(steps) if steps else 1
@@ -107,29 +140,38 @@ def plot_parity(path: str | os.PathLike[str], report: dict) -> None:
         hi = max(values + ([limit] if limit is not None else []))
         if hi - lo < 1e-9:
             lo, hi = lo - 1, hi + 1
-        left, right = margin, width - 20
+        pad = 0.08 * (hi - lo)  # the curve and the tolerance line sit inside the frame, not on it
+        lo, hi = lo - pad, hi + pad
 
-        def xy(s, v, lo=lo, hi=hi, top=top, bottom=bottom, left=left, right=right) -> tuple[float, float]:
-            x = left + (right - left) * (s / s_max if s_max else 0.5)
+        def xy(s, v, lo=lo, hi=hi, top=top, bottom=bottom) -> tuple[float, float]:
+            x = left + 10 + (right - left - 20) * (s / s_max if s_max else 0.5)
             y = bottom - (bottom - top) * (v - lo) / (hi - lo)
             return x, y
 
         draw.rectangle([left, top, right, bottom], outline="black")
-        draw.text((left, top - 14), title, fill="black")
-        draw.text((4, top), f"{hi:.3g}", fill="black")
-        draw.text((4, bottom - 10), f"{lo:.3g}", fill="black")
+        draw.text((left, top - 16), title, fill="black")
+        for tick in _nice_ticks(lo, hi):
+            y = xy(0, tick)[1]
+            draw.line([left - 5, y, left, y], fill="black")
+            draw.line([left + 1, y, right - 1, y], fill=(235, 235, 235))
+            draw.text((8, y - 6), f"{tick:.4g}", fill="black")
+        for tick in _nice_ticks(0, s_max, count=min(s_max + 1, 11)) if s_max else [0]:
+            x = xy(tick, lo)[0]
+            draw.line([x, bottom, x, bottom + 5], fill="black")
+            draw.text((x - 4, bottom + 7), f"{tick:g}", fill="black")
         if limit is not None:
             y = xy(0, limit)[1]
-            draw.line([left, y, right, y], fill=(120, 120, 120), width=1)
-            draw.text((right - 110, y - 12), f"tolerance {limit:.3g}", fill=(90, 90, 90))
+            for x0 in range(left + 2, right - 2, 12):  # dashed
+                draw.line([x0, y, min(x0 + 6, right - 2), y], fill=(110, 110, 110), width=1)
+            draw.text((right - 130, y - 14), f"tolerance {limit:.3g}", fill=(90, 90, 90))
         points = [xy(s, v) for s, v in zip(steps, values)]
         if len(points) > 1:
             draw.line(points, fill=color, width=2)
         for px, py in points:
             draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=color)
     verdict = "PASS" if report["passed"] else "FAIL"
-    footer = f"{report['bundle']}: {verdict}  (step 0 = noisiest; x axis = step)"
-    draw.text((margin, height - 18), footer, fill="black")
+    footer = f"{report['bundle']}: {verdict}   x axis: sampler step (0 = noisiest)"
+    draw.text((left, height - 20), footer, fill="black")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     write_bytes(path, buf.getvalue())

@@ -82,7 +82,7 @@ def test_corrupt_safetensors_fails_cleanly(folders, tmp_path):
 def test_unwritable_output_path(folders, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    with pytest.raises(Exception, match="cannot create output folder|not writable"):
+    with pytest.raises(Exception, match="is a file, not a folder"):
         export_bundle(folders / "q", blocker / "b.edgediff", OPTS)
 
 
@@ -213,3 +213,20 @@ def test_runtime_info_shows_what_the_exporter_wrote(w8a8_bundle, capsys):
     assert quant.mean_weight_bits == 8.0
     assert "quant       ptq W8A8, 8.00 mean weight bits, static scales, placement ort" in out
     assert "weights     containers: " in out
+
+
+def test_validate_cli_prints_a_verdict_line(folders, w8a8_bundle, capsys):
+    argv = ["export", "validate", str(folders / "q"), str(w8a8_bundle), "--max-steps", "1", "--no-fusion"]
+    assert edgediff_main(argv) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("PASS: worst layer ") and "dB >= 30 dB (0 of " in last
+    assert edgediff_main([*argv, "--min-sqnr", "1000"]) == 1  # no layer reaches 1000 dB
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("FAIL: worst layer ") and "< 1000 dB" in last
+
+
+def test_manifest_records_the_source_folder_digest(folders, w8a8_bundle):
+    from edgediff.quant.io import folder_digest
+
+    recipe = load_bundle(w8a8_bundle).manifest.quant.recipe
+    assert recipe["source_digest"] == folder_digest(folders / "q")

@@ -78,7 +78,7 @@ def test_sample_writes_a_deterministic_png_grid(tiny_bundle, tmp_path, capsys):
     from PIL import Image
 
     code, out, err = run(["sample", tiny_bundle, "--seed", 3, "--num", 4, "--out", tmp_path / "a.png",
-                          "--threads", 1, "--save-npy", tmp_path / "a.npy"], capsys)
+                          "--threads", 1, "--save-npy", tmp_path / "a.npy", "--scale", 1], capsys)
     assert code == 0, err
     assert f"4 images, {STEPS} steps" in out
     data = (tmp_path / "a.png").read_bytes()
@@ -88,9 +88,12 @@ def test_sample_writes_a_deterministic_png_grid(tiny_bundle, tmp_path, capsys):
     raw = np.load(tmp_path / "a.npy")
     expect = np.clip((raw[0, 0] + 1) * 127.5, 0, 255).round().astype(np.uint8)
     np.testing.assert_array_equal(img[1:9, 1:9], expect)
+    # default scale: nearest upscale to a grid >= 512 px wide (8 x 8 tiles: 19 px * 27 = 513 px)
     assert run(["sample", tiny_bundle, "--seed", 3, "--num", 4, "--out", tmp_path / "b.png"], capsys)[0] == 0
-    assert (tmp_path / "b.png").read_bytes() == data
-    assert run(["sample", tiny_bundle, "--seed", 4, "--num", 4, "--out", tmp_path / "c.png"], capsys)[0] == 0
+    big = np.asarray(Image.open(tmp_path / "b.png"))
+    np.testing.assert_array_equal(big, img.repeat(27, axis=0).repeat(27, axis=1))
+    assert run(["sample", tiny_bundle, "--seed", 4, "--num", 4, "--out", tmp_path / "c.png",
+                "--scale", 1], capsys)[0] == 0
     assert (tmp_path / "c.png").read_bytes() != data
     assert leftovers(tmp_path) == ["a.npy", "a.png", "b.png", "c.png"]
 
@@ -200,7 +203,7 @@ def test_parity_pass_json_and_plot(tiny_bundle, tmp_path, capsys):
     assert plot_path.read_bytes().startswith(PNG_MAGIC)
     from PIL import Image
 
-    assert Image.open(plot_path).size == (720, 520)
+    assert Image.open(plot_path).size == (760, 560)
 
 
 def test_parity_fail_exits_1(bundle_copy, tmp_path, capsys):

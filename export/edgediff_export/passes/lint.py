@@ -95,6 +95,40 @@ def format_violations(violations: Iterable[Violation]) -> str:
     return "\n".join(f"{v.node}: [{v.rule}] {v.message}" for v in violations)
 
 
+#: What to do about each rule (printed once per rule by :func:`format_grouped`).
+RULE_FIXES: dict[str, str] = {
+    "opset": "export with --opset at or below the device's max_opset",
+    "precision": "export in a precision the device lists (edgediff devices show DEVICE)",
+    "weight-container": "fold weights into a container the device has (fold_weights min_bits=4 or 8)",
+    "qdq-asymmetric": "export with --placement trt (symmetric int8), or quantize with --symmetric-weights",
+    "qdq-dynamic-scale": "use static activation ranges (a_mode static) or one engine per step group",
+    "low-bit-activation": "quantize activations to 8 bits (sub-8-bit is emulated with Clip + int8 Q/DQ)",
+    "unsupported-op": "keep the op out of the TensorRT graph (plugin or a different export)",
+    "custom-op": "re-export the bundle so the edgediff nodes are rebuilt by edgediff_export.ops",
+    "custom-op-function": "strip the function bodies (remove_edgediff_functions) for TensorRT",
+}
+
+
+def format_grouped(violations: Iterable[Violation], examples: int = 3) -> str:
+    """Findings grouped by rule (first seen first): a count per rule and per distinct message, a few
+    example nodes and the rule's suggested fix, so 240 identical findings read as one block."""
+    groups: dict[str, dict[str, list[str]]] = {}
+    for v in violations:
+        groups.setdefault(v.rule, {}).setdefault(v.message, []).append(v.node)
+    lines = []
+    for rule, messages in groups.items():
+        total = sum(len(nodes) for nodes in messages.values())
+        lines.append(f"[{rule}] {total} finding{'s' if total != 1 else ''}")
+        for message, nodes in messages.items():
+            more = f", +{len(nodes) - examples} more" if len(nodes) > examples else ""
+            shown = ", ".join(nodes[:examples]) + more
+            lines.append(f"  {len(nodes)}x {message}")
+            lines.append(f"      at {shown}")
+        if rule in RULE_FIXES:
+            lines.append(f"  fix: {RULE_FIXES[rule]}")
+    return "\n".join(lines)
+
+
 def _profile_dict(profile: Mapping[str, Any] | Any) -> dict[str, Any]:
     if isinstance(profile, Mapping):
         return dict(profile)

@@ -1,26 +1,13 @@
 """`edgediff distill`: bad input is a one-line error with exit code 2."""
 
-import argparse
-
 import pytest
 
-from edgediff.cli import add_train_commands, run_command
 from edgediff.distill.cli import budgets_from_args
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgediff")
-    add_train_commands(parser.add_subparsers(dest="cmd", required=True))
-    return parser
+from edgediff_export.cli import build_parser, main
 
 
 def _run(argv: list[str]) -> int:
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code)
-    return run_command(args)
+    return main(argv)
 
 
 BASE = ["distill", "--model", "reference", "--method", "pd"]
@@ -66,7 +53,8 @@ def test_missing_model_is_one_line(tmp_path, capsys):
 
 
 def test_iterations_map_to_the_stages_first_stage_first():
-    args = _parser().parse_args([*BASE, "--out", "o", "--iterations", "10", "20", "30", "--from-steps", "8"])
+    argv = [*BASE, "--out", "o", "--iterations", "10", "20", "30", "--from-steps", "8"]
+    args = build_parser().parse_args(argv)
     budgets = budgets_from_args(args)
     assert {n: b.iterations for n, b in budgets.items()} == {4: 10, 2: 20, 1: 30}
     assert all(b.batch_size == 64 for b in budgets.values())

@@ -1,5 +1,6 @@
 """save_quantized / load_quantized: bit-exact round trip, corrupt folders, atomic writes."""
 
+import dataclasses
 import json
 
 import pytest
@@ -41,7 +42,9 @@ def saved(tmp_path_factory):
         residual=ResidualSpec(0.25),
         lora=LoRASpec(2),
     )
+    mixed_bits = dataclasses.replace(fancy, w_bits=(2, 4) * 32)  # a searched per-channel bit vector
     rules = (
+        ("down_blocks.1.resnets.0.conv1", mixed_bits),
         ("down_blocks.1", fancy),
         *default_recipe("W4A8", model, w_range="minmax", a_range="minmax").rules,
     )
@@ -56,9 +59,9 @@ def saved(tmp_path_factory):
     )
     calibrate(model, data)
     layer = quant_layers(model)["down_blocks.1.resnets.0.conv1"]
-    with torch.no_grad():  # trained-looking state: LoRA B, mixed bits, per-step tables
+    assert layer.weight_quant.bits.tolist() == [2, 4] * 32
+    with torch.no_grad():  # trained-looking state: LoRA B, per-step tables
         layer.lora.B.normal_(0, 0.01, generator=g)
-        layer.weight_quant.bits.copy_(torch.tensor([2, 4] * 32, dtype=torch.int32))
         layer.act_quant.scale[1] *= 1.5
     out = tmp_path_factory.mktemp("q") / "model.edgediff-q"
     save_quantized(model, recipe, out, dict(UNET_CONFIG), SCHEDULER_CONFIG, META)
@@ -143,6 +146,51 @@ def test_corrupt_or_missing_files_are_named(saved, tmp_path, name, damage, messa
         (folder / name).write_text(damage)
     with pytest.raises(EdgediffError, match=message):
         load_quantized(folder)
+
+
+def _edit_json(path, edit):
+    d = json.loads(path.read_text())
+    edit(d)
+    path.write_text(json.dumps(d, indent=1))
+
+
+def test_contradicting_parts_are_refused(saved, tmp_path):
+    """recipe vs stored bit vectors, meta label vs recipe, edited files (digests), zero-point range."""
+    src = saved[2]
+    folder = _copy(src, tmp_path / "a")  # a recipe from another bit width: weights keep their bits
+    _edit_json(folder / "recipe.json", lambda d: d["rules"][0]["quant"].update(w_bits=4))
+    with pytest.raises(EdgediffError, match=r"stores \[2, 4\]-bit weights in down_blocks.1.resnets.0.conv1"):
+        load_quantized(folder)
+    folder = _copy(src, tmp_path / "b")  # the meta claims a bit width no layer has
+    _edit_json(folder / "edgediff_meta.json", lambda d: d.update(bits="W2A4"))
+    with pytest.raises(EdgediffError, match="says W2A4 but recipe.json quantizes its layers as"):
+        load_quantized(folder)
+    folder = _copy(src, tmp_path / "c")  # a label that exists in the recipe, edited all the same
+    _edit_json(folder / "edgediff_meta.json", lambda d: d.update(bits="W4A8", method="mpqdmv2"))
+    with pytest.raises(EdgediffError, match="edgediff_meta.json .* was edited"):
+        load_quantized(folder)
+    folder = _copy(src, tmp_path / "d")  # same recipe, reformatted: still the folder's own recipe
+    _edit_json(folder / "recipe.json", lambda d: None)
+    load_quantized(folder)
+    folder = _copy(src, tmp_path / "e")  # a rule that changes nothing the weights can show
+    _edit_json(folder / "recipe.json", lambda d: d["rules"][1]["quant"].update(w_range="lp"))
+    with pytest.raises(EdgediffError, match="recipe.json .* was changed after the folder was written"):
+        load_quantized(folder)
+
+
+def test_zero_points_outside_the_code_range_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = build_unet().eval()
+    recipe = default_recipe("W4A8", model)
+    quantize_(model, recipe)
+    out = save_quantized(model, recipe, tmp_path / "q", dict(UNET_CONFIG), SCHEDULER_CONFIG, {})
+    state = load_file(out / "model.safetensors")
+    key = next(k for k in state if k.endswith("weight_quant.zero_point") and "down_blocks" in k)
+    state[key] = torch.full_like(state[key], 16)  # 4-bit codes are 0..15
+    save_file(state, out / "model.safetensors")
+    with pytest.raises(EdgediffError, match="zero points of .* outside the 4-bit code range"):
+        load_quantized(out)
 
 
 def test_load_missing_folder(tmp_path):

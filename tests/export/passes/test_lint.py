@@ -183,3 +183,20 @@ def test_format_violations_one_line_each_with_node():
     assert len(text.splitlines()) == len(v) == 2
     assert "w_dq: [qdq-asymmetric]" in text and "<model>: [opset]" in text
     assert format_violations([Violation("n", "r", "m")]) == "n: [r] m"
+
+
+def test_format_grouped_counts_each_rule_once_with_examples_and_a_fix():
+    from edgediff_export.passes.lint import RULE_FIXES, format_grouped
+
+    same = [Violation(f"q{i}", "qdq-asymmetric", "UINT8 Q/DQ: signed only") for i in range(240)]
+    other = [Violation("w", "qdq-asymmetric", "nonzero zero point"), Violation("<model>", "opset", "too new")]
+    lines = format_grouped(same + other).splitlines()
+    assert lines[0] == "[qdq-asymmetric] 241 findings"
+    assert lines[1] == "  240x UINT8 Q/DQ: signed only"
+    assert lines[2] == "      at q0, q1, q2, +237 more"
+    assert lines[3] == "  1x nonzero zero point"
+    assert lines[5] == f"  fix: {RULE_FIXES['qdq-asymmetric']}"
+    assert lines[6] == "[opset] 1 finding"
+    assert len(lines) == 10
+    found = lint(_weight_dq_model(zero=3, opset=22), ORIN)
+    assert found and all(v.rule in RULE_FIXES for v in found)

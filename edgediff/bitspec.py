@@ -3,7 +3,8 @@
 `BitSetting.parse` is the only place a `W<w>A<a>` string is read (the `quantize --bits` argparse
 type uses it); `check_bits` is the only range check of a bit width. The setting picks a preset
 recipe (`default_recipe` and the methods' recipes); the recipe records it and the label a
-quantized folder or bundle shows is derived from the recipe (`Recipe.label`).
+quantized folder or bundle shows is derived from the recipe (`Recipe.label`). This module
+imports no torch, so the CLI checks `--bits` before any heavy import.
 """
 
 from __future__ import annotations
