@@ -281,11 +281,14 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
 def _add_method_options_on_use(p: argparse.ArgumentParser) -> None:
     """`--method` and the registered methods' switches are added when `quantize` is parsed (its
     `--help` included): building them imports the methods, and with them torch, which the other
-    commands do not need."""
+    commands do not need. The command's own options are checked first, so a bad `--bits` or
+    `--steps` is reported before torch is imported."""
     parse = p.parse_known_args
 
     def parse_known_args(args=None, namespace=None):
         if not getattr(p, "_method_options_added", False):
+            if not {"-h", "--help"} & set(args or []):
+                parse(list(args or []), argparse.Namespace())  # usage errors exit here, torch-free
             _add_method_options(p)
             p._method_options_added = True
         return parse(args, namespace)
