@@ -30,7 +30,15 @@ from bench._speed_models import ModelCase
 
 log = logging.getLogger(__name__)
 
-BENCH_CODE = (ROOT / "bench" / "_speed_build.py", ROOT / "bench" / "_speed_models.py")
+FASTPATH_CODE = ROOT / "export" / "edgediff_export" / "passes" / "fastpath.py"
+MODELS_CODE = ROOT / "bench" / "_speed_models.py"
+
+
+def _base_digest(calib_samples: int, steps: int) -> str:
+    """What the base files depend on: quantization and export code (without the float passes, which
+    only the `+pass` files depend on), the model configs and the calibration settings."""
+    export = [f for f in sorted(EXPORT_CODE[0].rglob("*.py")) if f != FASTPATH_CODE]
+    return source_digest(*QUANT_CODE, *export, MODELS_CODE, f"{calib_samples}-{steps}")
 
 
 @dataclass
@@ -179,8 +187,7 @@ def build_variants(
     """All ONNX files for `case` under `work` (reused when the code and settings are unchanged)."""
     from edgediff_export.passes.external_data import save_model
 
-    digest = source_digest(*QUANT_CODE, *EXPORT_CODE, *BENCH_CODE, f"{calib_samples}-{steps}")
-    folder = Path(work) / f"{case.name}-{digest}"
+    folder = Path(work) / f"{case.name}-{_base_digest(calib_samples, steps)}"
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"ort-fp32": folder / "fp32.onnx", "ort-qdq": folder / "ort-qdq.onnx"}
     paths |= {b: folder / f"{b}.onnx" for b in ("w8a8", "w4a8")}
@@ -214,7 +221,7 @@ def build_variants(
         for src, chosen in todo:
             stem = "fp32" if src == "ort-fp32" else src
             key = f"{stem}+{chosen[0] if len(chosen) == 1 and src == 'w8a8' else 'all'}"
-            path = folder / f"{key}.onnx"
+            path = folder / f"{key}-{source_digest(FASTPATH_CODE)}.onnx"
             if not path.is_file():
                 result = apply_passes(onnx.load(str(paths[src])), chosen)
                 log.info("%s: %s %s", case.name, key, result.applied)

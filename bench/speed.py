@@ -23,6 +23,7 @@ Writes bench/results/speed.json and the `speed` section of docs/RESULTS.md (`--n
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import bench._report as report
 from bench._report import host_info, markdown_table, update_results_section, write_json
 from bench._speed_build import build_variants, file_bytes, psnr_vs, torch_ddim
 from bench._speed_models import CASES, ModelCase, parameter_count
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work", default="/tmp/edgediff-speed")
     ap.add_argument("--label", default="", help="a note stored with the results (e.g. 'loaded machine')")
     ap.add_argument("--profile", action="store_true", help="ORT profiler op-type totals at the first batch")
+    ap.add_argument("--merge", action="store_true", help="keep other models' entries of an earlier run")
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--out", default="speed", help="results name under bench/results/")
     args = ap.parse_args(argv)
@@ -217,8 +220,13 @@ def main(argv: list[str] | None = None) -> dict:
         "passes": args.passes,
         "models": {},
     }
+    previous = report.RESULTS_DIR / f"{args.out}.json"
+    if args.merge and previous.is_file():
+        earlier = json.loads(previous.read_text())
+        result["models"] = earlier.get("models", {})  # each entry records its own run settings
+    run = {k: result[k] for k in ("label", "threads", "rounds", "e2e_rounds", "steps", "calib_samples")}
     for name in args.models:
-        result["models"][name] = bench_case(CASES[name], args, work)
+        result["models"][name] = bench_case(CASES[name], args, work) | {"run": run | host_info()}
         log.info("wrote %s", write_json(args.out, result))
     if not args.no_docs:
         write_docs(result)
@@ -226,39 +234,132 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+ROW_NOTES = {
+    "torch-fp32": "PyTorch FP32 eager (diffusers)",
+    "ort-fp32": "ONNX Runtime FP32 of our export",
+    "fp32+all": "ORT FP32 after the same float passes",
+    "ort-qdq": "ORT `quantize_static` (QDQ, per-channel s8 weights, u8 activations)",
+    "w8a8": "ours, W8A8 (`ptq`, symmetric weights, `ort` placement)",
+    "w4a8": "ours, W4A8",
+}
+# (speed-up of our best W8A8 row over ORT FP32 per call, over the PyTorch FP32 loop end to end)
+TARGETS = {1: (2.5, 3.0), 8: (2.0, 2.0)}
+
+
+def _best_ours(calls: dict) -> str:
+    ours = [k for k in calls if k == "w8a8" or k.startswith("w8a8+")]
+    return min(ours, key=lambda k: calls[k]["min_ms"])
+
+
+def target_rows(name: str, m: dict) -> list[list]:
+    """Targets of the speed table: per call vs ORT FP32 and vs ORT quantize_static, end to end."""
+    rows = []
+    for batch, calls in m["calls"].items():
+        want_call, want_e2e = TARGETS.get(int(batch), (None, None))
+        best = _best_ours(calls)
+        speed = calls[best]["speedup_vs_ort-fp32"]
+        psnr_q, psnr_ort = m["psnr_call_db"][batch].get(best), m["psnr_call_db"][batch].get("ort-qdq")
+        e2e = m["end_to_end"][batch]
+        e2e_best = _best_ours(e2e) if any(k.startswith("w8a8") for k in e2e) else None
+        if want_call is not None:
+            rows.append(
+                [name, batch, f"{best} >= {want_call}x ORT FP32", f"{speed:.2f}x", _yes(speed >= want_call)]
+            )
+        if "ort-qdq" in calls:
+            faster = calls[best]["min_ms"] <= calls["ort-qdq"]["min_ms"]
+            rows.append(
+                [
+                    name,
+                    batch,
+                    f"{best} as fast as ort-qdq",
+                    f"{calls['ort-qdq']['min_ms'] / calls[best]['min_ms']:.2f}x",
+                    _yes(faster),
+                ]
+            )
+            rows.append(
+                [
+                    name,
+                    batch,
+                    f"{best} PSNR > ort-qdq PSNR",
+                    f"{_db(psnr_q)} vs {_db(psnr_ort)} dB",
+                    _yes((psnr_q or 0) > (psnr_ort or 0)),
+                ]
+            )
+        if want_e2e is not None and e2e_best is not None:
+            got = e2e[e2e_best]["speedup_vs_torch"]
+            rows.append(
+                [
+                    name,
+                    batch,
+                    f"{e2e_best} loop >= {want_e2e}x PyTorch loop",
+                    f"{got:.2f}x",
+                    _yes(got >= want_e2e),
+                ]
+            )
+    return rows
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
 def write_docs(result: dict) -> None:
     parts = [
-        f"### Speed at real model sizes (`python -m bench.speed`, ONNX Runtime "
-        f"{result['host']['onnxruntime']} CPU, {result['threads']} threads, min of {result['rounds']} "
-        f"interleaved rounds, {result['calib_samples']} calibration trajectories)"
-        + (f" -- **{result['label']}**" if result["label"] else "")
-        + "\n"
+        "### Speed at real model sizes (`python -m bench.speed`)\n",
+        "Random-weight models built from configs (bench/_speed_models.py); ONNX Runtime "
+        f"{result['host']['onnxruntime']} CPU; threads fixed for PyTorch and ORT; every row runs once per "
+        "round, rounds interleaved; min (and median) per row; ratios within the same run. PSNR: against "
+        "PyTorch FP32 on the same inputs (one call, data range = the reference's peak-to-peak) and of the "
+        "final sample of a DDIM run from the same noise (runtime sampler vs the diffusers loop, range 2).\n",
+        "Rows: "
+        + "; ".join(f"`{k}` {v}" for k, v in ROW_NOTES.items())
+        + "; `w8a8+<pass>` our W8A8 after one graph pass of `edgediff_export.passes.fastpath`, `w8a8+all` "
+        "after all (docs/export-passes.md section 6).\n",
     ]
+    targets = []
     for name, m in result["models"].items():
+        run = m.get("run", {})
+        parts.append(
+            f"#### {name} ({m['params_m']:.1f}M params) -- {run.get('threads')} threads, "
+            f"{run.get('rounds')} rounds per call, {run.get('e2e_rounds')} per loop, "
+            f"{run.get('calib_samples')} calibration trajectories, {run.get('date')}"
+            + (f", **{run['label']}**" if run.get("label") else "")
+            + "\n"
+        )
         for batch, calls in m["calls"].items():
-            rows = []
-            for row, c in calls.items():
-                key = row
-                rows.append(
-                    [
-                        row,
-                        f"{c['min_ms']:.1f}",
-                        f"{c['median_ms']:.1f}",
-                        f"{c['speedup_vs_ort-fp32']:.2f}x",
-                        f"{c['speedup_vs_torch']:.2f}x",
-                        _db(m["psnr_call_db"][batch].get(key)),
-                        _db(m["psnr_sample_db"][batch].get(key)),
-                        f"{m['bytes'][key] / 1e6:.1f}" if key in m["bytes"] else "-",
-                    ]
-                )
+            rows = [
+                [
+                    row,
+                    f"{c['min_ms']:.1f}",
+                    f"{c['median_ms']:.1f}",
+                    f"{c['speedup_vs_ort-fp32']:.2f}x",
+                    f"{c['speedup_vs_torch']:.2f}x",
+                    _db(m["psnr_call_db"][batch].get(row)),
+                    _db(m["psnr_sample_db"][batch].get(row)),
+                    f"{m['bytes'][row] / 1e6:.1f}" if row in m["bytes"] else "-",
+                ]
+                for row, c in calls.items()
+            ]
             header = ["row", "min ms", "median ms", "vs ORT FP32", "vs PyTorch", "PSNR call", "PSNR sample"]
-            header.append("MB")
-            parts.append(f"**{name}** ({m['params_m']:.1f}M params), batch {batch}, one denoiser call:\n")
-            parts.append(markdown_table(header, rows) + "\n")
+            parts.append(f"Batch {batch}, one denoiser call:\n")
+            parts.append(markdown_table([*header, "MB"], rows) + "\n")
             e2e = m["end_to_end"][batch]
             rows = [[k, f"{v['min_ms'] / 1e3:.2f}", f"{v['speedup_vs_torch']:.2f}x"] for k, v in e2e.items()]
-            parts.append(f"End to end, {result['steps']} DDIM steps, batch {batch}:\n")
+            parts.append(f"Batch {batch}, end to end ({run.get('steps')} DDIM steps):\n")
             parts.append(markdown_table(["loop", "min s", "vs PyTorch FP32 loop"], rows) + "\n")
+        if m.get("profile_ms_per_op_type"):
+            prof = m["profile_ms_per_op_type"]
+            ops = sorted(
+                {k for p in prof.values() for k in p}, key=lambda k: -max(p.get(k, 0) for p in prof.values())
+            )
+            rows = [[op, *[f"{p.get(op, 0):.1f}" for p in prof.values()]] for op in ops[:14]]
+            rows.append(["**all kernels**", *[f"{sum(p.values()):.1f}" for p in prof.values()]])
+            parts.append(f"ONNX Runtime profile, ms per op type, batch {next(iter(m['calls']))}:\n")
+            parts.append(markdown_table(["op type", *prof], rows) + "\n")
+        targets += target_rows(name, m)
+    if targets:
+        parts.append("Targets:\n")
+        parts.append(markdown_table(["model", "batch", "target", "measured", "met"], targets) + "\n")
     update_results_section("speed", "\n".join(parts))
 
 

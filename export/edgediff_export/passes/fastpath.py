@@ -2,7 +2,7 @@
 
 Each pass is switchable (`PASSES`, `apply_passes(model, names)`), returns a new model, and leaves
 the outputs equal to float32 rounding (tests: tests/export/passes/test_fastpath.py). Measured one by
-one on real model sizes by `bench/speed.py` (docs/export-passes.md section 7).
+one on real model sizes by `bench/speed.py` (docs/export-passes.md section 6).
 
 * `groupnorm`: ONNX Runtime 1.32 CPU has no kernel for `GroupNormalization` (opset 18/21): it
   inlines the function body, about 20 nodes per norm (Shape, Reshape, Cast to the stash type,
