@@ -126,32 +126,33 @@ def call_rows(case: ModelCase, fp, backends: dict, batch: int, rounds: int) -> t
     return timing, {k: psnr_vs(ref, b.run(f)["model_output"]) for k, b in backends.items()}
 
 
-def sample_rows(
-    case: ModelCase, fp, backends: dict, paths: dict, batch: int, args, e2e: list[str]
-) -> tuple[dict, dict]:
-    """End to end: the runtime's sampling loop (rows `e2e`) against the PyTorch DDIM loop, timed;
-    and every ORT row's final sample from the same noise, PSNR against the PyTorch FP32 loop's."""
+def _runtime_final(case: ModelCase, backend, path: Path, steps: int, noise: torch.Tensor, cond: dict):
+    """The runtime's sampling loop (`edgediff_runtime.pipeline.sample`) on one ORT row."""
     from edgediff_runtime.pipeline import sample
 
+    bundle = runtime_bundle(path, case, steps)
+    extra = {k: v.numpy() for k, v in cond.items()}
+    return sample(bundle, backend, noise.numpy(), steps, extra_feeds=extra).final
+
+
+def loop_rows(case: ModelCase, fp, backends: dict, paths: dict, batch: int, args, rows: list[str]) -> dict:
+    """End to end: the runtime's sampling loop on `rows` against the PyTorch DDIM loop, timed."""
     noise = torch.randn(batch, *case.sample_shape, generator=torch.Generator().manual_seed(7))
     cond = case.extra_inputs(batch, seed=7)
-    extra = {k: v.numpy() for k, v in cond.items()}
-    finals: dict[str, np.ndarray] = {}
-
-    def runtime_loop(key: str) -> None:
-        bundle = runtime_bundle(paths[key], case, args.steps)
-        finals[key] = sample(bundle, backends[key], noise.numpy(), args.steps, extra_feeds=extra).final
-
-    def torch_loop() -> None:
-        finals["torch-fp32"] = torch_ddim(fp, case, noise, args.steps, cond).final.numpy()
-
-    loops = {"torch-fp32": torch_loop} | {k: partial(runtime_loop, k) for k in e2e}
+    loops = {"torch-fp32": partial(torch_ddim, fp, case, noise, args.steps, cond)}
+    for k in rows:
+        loops[k] = partial(_runtime_final, case, backends[k], paths[k], args.steps, noise, cond)
     log.info("%s batch %d: end to end, %d rounds", case.name, batch, args.e2e_rounds)
-    timing = summarize(interleaved(loops, args.e2e_rounds), "torch-fp32")
-    for k in backends:
-        if k not in finals:
-            runtime_loop(k)
-    return timing, {k: psnr(finals["torch-fp32"], v) for k, v in finals.items() if k != "torch-fp32"}
+    return summarize(interleaved(loops, args.e2e_rounds), "torch-fp32")
+
+
+def sample_psnr(case: ModelCase, fp, backends: dict, paths: dict, samples: int, steps: int) -> dict:
+    """Every ORT row's final sample from the same noise (runtime loop) vs the PyTorch FP32 loop's."""
+    noise = torch.randn(samples, *case.sample_shape, generator=torch.Generator().manual_seed(11))
+    cond = case.extra_inputs(samples, seed=11)
+    ref = torch_ddim(fp, case, noise, steps, cond).final.numpy()
+    log.info("%s: %d-step samples of %d rows for PSNR", case.name, steps, len(backends))
+    return {k: psnr(ref, _runtime_final(case, b, paths[k], steps, noise, cond)) for k, b in backends.items()}
 
 
 def bench_case(case: ModelCase, args, work: Path) -> dict:
@@ -159,20 +160,21 @@ def bench_case(case: ModelCase, args, work: Path) -> dict:
     fp = case.build()
     backends = {k: open_ort(p, args.threads) for k, p in paths.items()}
     fast = [k for k in paths if k.startswith("w8a8+")][-1:]
-    e2e = ["ort-fp32", *(["fp32+all"] if "fp32+all" in paths else []), "w8a8", *fast]
+    e2e = ["ort-fp32", "w8a8", *fast]
     result: dict = {
         "params_m": parameter_count(fp) / 1e6,
         "bytes": {k: file_bytes(p) for k, p in paths.items()},
         "calls": {},
         "psnr_call_db": {},
         "psnr_sample_db": {},
+        "psnr_samples": args.psnr_samples,
         "end_to_end": {},
     }
     for batch in args.batches:
         timing, quality = call_rows(case, fp, backends, batch, args.rounds)
         result["calls"][batch], result["psnr_call_db"][batch] = timing, quality
-        timing, quality = sample_rows(case, fp, backends, paths, batch, args, e2e)
-        result["end_to_end"][batch], result["psnr_sample_db"][batch] = timing, quality
+        result["end_to_end"][batch] = loop_rows(case, fp, backends, paths, batch, args, e2e)
+    result["psnr_sample_db"] = sample_psnr(case, fp, backends, paths, args.psnr_samples, args.steps)
     if args.profile:
         from bench.export_profile import op_times_ms
 
@@ -193,6 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--calib-samples", type=int, default=4)
+    ap.add_argument("--psnr-samples", type=int, default=4, help="DDIM samples for the paired sample PSNR")
     ap.add_argument("--passes", nargs="*", default=DEFAULT_PASSES, help="graph passes measured one by one")
     ap.add_argument("--work", default="/tmp/edgediff-speed")
     ap.add_argument("--label", default="", help="a note stored with the results (e.g. 'loaded machine')")
@@ -310,7 +313,8 @@ def write_docs(result: dict) -> None:
         f"{result['host']['onnxruntime']} CPU; threads fixed for PyTorch and ORT; every row runs once per "
         "round, rounds interleaved; min (and median) per row; ratios within the same run. PSNR: against "
         "PyTorch FP32 on the same inputs (one call, data range = the reference's peak-to-peak) and of the "
-        "final sample of a DDIM run from the same noise (runtime sampler vs the diffusers loop, range 2).\n",
+        "final samples of a DDIM run from the same noise (runtime sampler vs the diffusers loop, range 2; "
+        "`psnr_samples` samples, one value per row for all batches).\n",
         "Rows: "
         + "; ".join(f"`{k}` {v}" for k, v in ROW_NOTES.items())
         + "; `w8a8+<pass>` our W8A8 after one graph pass of `edgediff_export.passes.fastpath`, `w8a8+all` "
@@ -335,7 +339,7 @@ def write_docs(result: dict) -> None:
                     f"{c['speedup_vs_ort-fp32']:.2f}x",
                     f"{c['speedup_vs_torch']:.2f}x",
                     _db(m["psnr_call_db"][batch].get(row)),
-                    _db(m["psnr_sample_db"][batch].get(row)),
+                    _db(m["psnr_sample_db"].get(row)),
                     f"{m['bytes'][row] / 1e6:.1f}" if row in m["bytes"] else "-",
                 ]
                 for row, c in calls.items()
