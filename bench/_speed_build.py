@@ -136,7 +136,7 @@ def export_case(model: nn.Module, case: ModelCase, ranges: dict | None) -> onnx.
     return proto
 
 
-def _reader(traj: Trajectory, batch: int = 8):
+def _reader(traj: Trajectory, batch: int = 1):
     """An `onnxruntime.quantization.CalibrationDataReader` over the calibration trajectory."""
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -177,6 +177,9 @@ def ort_quantize_static(fp_path: Path, out: Path, traj: Trajectory) -> None:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
+        # ranges are merged after every calibration input: ORT otherwise keeps every intermediate
+        # tensor of every input in memory (tens of GB for DiT-B/2)
+        extra_options={"CalibMaxIntermediateOutputs": 1},
     )
     pre.unlink()
 
