@@ -268,6 +268,9 @@ def target_rows(name: str, m: dict) -> list[list]:
             rows.append(
                 [name, batch, f"{best} >= {want_call}x ORT FP32", f"{speed:.2f}x", _yes(speed >= want_call)]
             )
+        if "fp32+all" in calls:  # how much is integer speed-up once FP32 gets the same float passes
+            vs = calls["fp32+all"]["min_ms"] / calls[best]["min_ms"]
+            rows.append([name, batch, f"{best} vs fp32+all (information)", f"{vs:.2f}x", "-"])
         if "ort-qdq" in calls:
             faster = calls[best]["min_ms"] <= calls["ort-qdq"]["min_ms"]
             rows.append(
