@@ -40,8 +40,11 @@ MATRIX_OPS = {
 }
 
 
-def op_times_ms(path: Path, batch: int, threads: int, runs: int) -> dict[str, float]:
-    """Mean kernel milliseconds per call for each operator type (ONNX Runtime's profiler)."""
+def op_times_ms(
+    path: Path, batch: int, threads: int, runs: int, feeds: dict | None = None
+) -> dict[str, float]:
+    """Mean kernel milliseconds per call for each operator type (ONNX Runtime's profiler); `feeds`
+    default to the reference UNet's inputs at `batch`."""
     import onnx
     import onnxruntime as ort
 
@@ -51,7 +54,7 @@ def op_times_ms(path: Path, batch: int, threads: int, runs: int) -> dict[str, fl
     so.log_severity_level = 3
     so.enable_profiling = True
     session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    feeds = feeds_for(session, batch)
+    feeds = feeds_for(session, batch) if feeds is None else feeds
     session.run(None, feeds)  # warm-up, profiled too: dropped below by counting only the last runs
     for _ in range(runs):
         session.run(None, feeds)
