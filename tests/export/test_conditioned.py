@@ -307,3 +307,40 @@ def test_guidance_without_null_is_refused(root):
             ExportOptions(steps=1, golden_samples=1, guidance_scale=3.0, cond_tokens=5),
         )
     assert not (root / "x.edgediff").exists()
+
+
+def test_large_model_path_writes_external_data_checked_by_path(root, monkeypatch):
+    # Every model counts as "over 2 GB": the exporter streams the weights to model.onnx.data.
+    monkeypatch.setattr(bundle_mod, "DEFAULT_THRESHOLD", 0)
+    out = export_model_bundle(
+        tiny_dit(),
+        sampler_spec(SCHED, 1),
+        root / "ext.edgediff",
+        ExportOptions(steps=1, golden_samples=2, allow_fp=True, guidance_scale=4.0),
+        progress=False,
+    )
+    m = load_bundle(out).manifest
+    assert "model.onnx.data" in m.files
+    proto = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    weight_bytes = 4 * sum(p.numel() for p in tiny_dit().parameters())
+    assert (out / "model.onnx.data").stat().st_size >= 0.9 * weight_bytes
+    external = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external and not any(t.raw_data for t in external)
+    assert _parity(out)["passed"]
+
+
+def test_fp16_export_for_gpu_profiles_only(root):
+    opts = dict(steps=1, golden_samples=2, allow_fp=True, dtype="fp16")
+    with pytest.raises(ExportError, match="no fp16 support"):
+        export_model_bundle(tiny_dit(), sampler_spec(SCHED, 1), root / "h.edgediff", ExportOptions(**opts))
+    out = export_model_bundle(
+        tiny_dit(),
+        sampler_spec(SCHED, 1),
+        root / "h.edgediff",
+        ExportOptions(**opts, device="jetson-orin-nx-16gb"),
+        progress=False,
+    )
+    m = load_bundle(out).manifest
+    assert m.model.input("sample").dtype == "float16" and m.quant.recipe["dtype"] == "fp16"
+    assert m.parity.bounds["precision"] == "fp16" and m.parity.bounds["within"]
+    assert _parity(out)["passed"]
