@@ -255,16 +255,30 @@ def _derive_tolerances(report: dict) -> dict[str, float]:
 #: (unit roundoff 4.9e-4 -> ~60 dB per op before it compounds through the network and the steps) or,
 #: for integer graphs, requantization ties that flip one activation code (1 LSB of a [-r, r] range
 #: in 255 steps, ~48 dB per layer at r = 1, then compounding over layers and steps).
+#: The reference model's W8A8 `ort` bundle replays at 47 dB (docs/RESULTS.md), its worst single
+#: layers at 28 dB; the bounds sit below what a correct graph shows and far above a graph that
+#: computes something else (the -34 dB of a broken export).
 PRECISION_BOUNDS: dict[str, float] = {"fp32": 60.0, "fp16": 30.0, "int8": 25.0, "low-bit": 20.0}
 
 
-def bounded_tolerances(report: dict, precision: str) -> tuple[dict[str, float], dict]:
+def guidance_amplification_db(scale: float | None) -> float:
+    """How much classifier-free guidance u + w (c - u) = (1 - w) u + w c amplifies an error of
+    independent size e in both halves: sqrt((w - 1)^2 + w^2) e, in dB (0 without guidance)."""
+    if scale is None or scale == 1.0:
+        return 0.0
+    return 20.0 * math.log10(math.sqrt((scale - 1.0) ** 2 + scale**2))
+
+
+def bounded_tolerances(
+    report: dict, precision: str, guidance_scale: float | None = None
+) -> tuple[dict[str, float], dict]:
     """Derived tolerances, capped at the precision's bound; returns (tolerances, bounds record).
 
-    Within the bound the derived tolerances are kept. Past it, `latent_psnr_min` and
+    The bound is `PRECISION_BOUNDS[precision]` less the guidance amplification. Within it the
+    derived tolerances are kept (never below the bound). Past it, `latent_psnr_min` and
     `final_psnr_min` are set to the bound itself, so the bundle fails parity on every host."""
     tol = _derive_tolerances(report)
-    bound = PRECISION_BOUNDS[precision]
+    bound = round(PRECISION_BOUNDS[precision] - guidance_amplification_db(guidance_scale), 2)
     measured = report["level2"]["latent_psnr_min"]  # None: identical (infinite PSNR)
     within = measured is None or measured >= bound
     record = {"precision": precision, "latent_psnr_min_bound": bound, "measured_latent_psnr_min": measured,
@@ -560,7 +574,9 @@ def export_model_bundle(
         del proto, result
         write_manifest(tmp, manifest)
         report = _measure_parity(tmp)
-        tolerances, bounds = bounded_tolerances(report, precision_class(model, opts.dtype))
+        tolerances, bounds = bounded_tolerances(
+            report, precision_class(model, opts.dtype), sampler.guidance_scale
+        )
         if not bounds["within"]:
             log.warning("WARNING: %s", bounds["message"])
         manifest.parity = ParitySpec(
@@ -570,8 +586,8 @@ def export_model_bundle(
                 f"derived at export: {TOLERANCE_FACTOR:g}x the max abs error (floor {ABS_FLOOR:g}) "
                 "and the min PSNR "
                 f"minus {PSNR_MARGIN_DB:g} dB measured by replaying the golden noise through ONNX Runtime "
-                f"{report['host']['onnxruntime']} on {report['host']['machine']}, capped at the "
-                f"{bounds['precision']} bounds"
+                f"{report['host']['onnxruntime']} on {report['host']['machine']}, bounded at "
+                f"{bounds['latent_psnr_min_bound']:g} dB ({bounds['precision']}, guidance included)"
             ),
             bounds=bounds,
         )

@@ -283,6 +283,11 @@ def test_bounds_flag_a_graph_that_does_not_match(root, monkeypatch):
         {"level2": {"latent_max_abs": 50.0, "final_max_abs": 1.0, "latent_psnr_min": -34.0}}, "int8"
     )
     assert not rec["within"] and tol["latent_psnr_min"] == 25.0 and "-34.0 dB" in rec["message"]
+    # Guidance w = 4 amplifies independent errors of both halves by sqrt(3^2 + 4^2) = 5 (13.98 dB).
+    _, rec = bounded_tolerances(
+        {"level2": {"latent_max_abs": 1.0, "final_max_abs": 1.0, "latent_psnr_min": 12.0}}, "int8", 4.0
+    )
+    assert rec["latent_psnr_min_bound"] == 11.02 and rec["within"]
     # Wiring: a bound no fp32 replay can meet makes the bundle fail parity and say why.
     monkeypatch.setitem(bundle_mod.PRECISION_BOUNDS, "fp32", 1000.0)
     out = export_model_bundle(
