@@ -16,6 +16,7 @@ runs, how long it takes and how much memory it needs.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import resource
@@ -249,7 +250,25 @@ def run_stage(stage: str, name: str, work: Path, threads: int) -> None:
     t0 = time.perf_counter()
     out = RUNNERS[stage](name, work)
     out.update(stage=stage, wall_s=round(time.perf_counter() - t0, 1), peak_rss_mb=round(_peak_rss_mb()))
+    (work / "results").mkdir(exist_ok=True)
+    (work / "results" / f"{stage}.json").write_text(json.dumps(out, indent=1) + "\n")
     print("RESULT " + json.dumps(out), flush=True)
+
+
+def collect(names: list[str], work: Path, logs: list[Path]) -> dict:
+    """Stage results of `names` from the stage files under `work` and from driver logs
+    (lines `NAME STAGE: {...}` printed by `run_all`), in stage order."""
+    found: dict = {n: {} for n in names}
+    for log in logs:
+        for line in log.read_text().splitlines():
+            head, _, body = line.partition(": ")
+            parts = head.split(" ")
+            if len(parts) == 2 and parts[0] in found and body.startswith("{"):
+                found[parts[0]][parts[1]] = ast.literal_eval(body)
+    for name in names:
+        for f in sorted((work / name / "results").glob("*.json")):
+            found[name][f.stem] = json.loads(f.read_text())
+    return {n: {s: found[n][s] for s in STAGES if s in found[n]} for n in names}
 
 
 def run_all(names: list[str], work: Path, threads: int, stages: list[str]) -> dict:
@@ -331,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--stages", default=",".join(STAGES))
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # child process
+    p.add_argument("--report-only", action="store_true", help="rebuild the JSON/table from stage results")
+    p.add_argument("--log", type=Path, action="append", default=[], help="driver logs to read results from")
     args = p.parse_args(argv)
     names = [n.strip() for n in args.models.split(",")]
     if args.stage:
@@ -338,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from bench._report import host_info, update_results_section, write_json
 
-    results = run_all(names, args.work, args.threads, args.stages.split(","))
+    if not args.report_only:
+        run_all(names, args.work, args.threads, args.stages.split(","))
+    results = collect(names, args.work, args.log)
     path = Path(__file__).resolve().parent / "results" / "real_size.json"
     old = json.loads(path.read_text()).get("models", {}) if path.exists() else {}
     merged = {**old, **results}

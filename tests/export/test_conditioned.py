@@ -349,3 +349,38 @@ def test_fp16_export_for_gpu_profiles_only(root):
     assert m.model.input("sample").dtype == "float16" and m.quant.recipe["dtype"] == "fp16"
     assert m.parity.bounds["precision"] == "fp16" and m.parity.bounds["within"]
     assert _parity(out)["passed"]
+
+
+def test_cli_exports_a_quantized_folder_with_its_label_table(root, table, tmp_path):
+    from edgediff.quant import default_recipe, save_quantized
+    from edgediff_export.cli import main as edgediff_main
+
+    fp = tiny_cond_unet()
+    ehs = table.encode(torch.randint(0, 10, (8, 2), generator=torch.Generator().manual_seed(1)))
+    q = quantized(fp, "W8A8", calib=random_calibration(shape=(4, 8, 8), cond={"encoder_hidden_states": ehs}))
+    config = {k: v for k, v in q.config.items() if not k.startswith("_")}
+    folder = save_quantized(q, default_recipe("W8A8", fp), tmp_path / "q", config, SCHED, {"bits": "W8A8"})
+    table.save(folder)
+    out = tmp_path / "cli.edgediff"
+    rc = edgediff_main(
+        [
+            "export",
+            "onnx",
+            str(folder),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--golden-samples",
+            "2",
+            "--guidance",
+            "3",
+        ]
+    )
+    assert rc == 0
+    m = load_bundle(out).manifest
+    assert m.conditioning.kind == "label_table" and m.sampler.guidance_scale == 3.0
+    assert (out / "conditioning/labels.json").read_bytes() == (
+        folder / "conditioning/labels.json"
+    ).read_bytes()
+    assert run_main(["parity", str(out)]) == 0
