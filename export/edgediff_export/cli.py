@@ -53,6 +53,11 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
         golden_samples=args.golden_samples,
         seed=args.seed,
         allow_fp=args.fp,
+        dtype=args.dtype,
+        guidance_scale=args.guidance,
+        cond_tokens=args.cond_tokens,
+        frames=args.frames,
+        null_embedding=args.null_embedding,
     )
     out = export_bundle(args.model, Path(args.out), opts)
     print(f"wrote bundle {out} ({human_size(out)}): model.onnx, manifest.json, golden references")
@@ -189,6 +194,20 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fp", action="store_true", help="allow exporting a non-quantized (FP) model")
+    p.add_argument(
+        "--dtype", choices=["fp32", "fp16"], default="fp32",
+        help="float type of an FP export (fp16: for GPU/Jetson profiles)",
+    )
+    p.add_argument(
+        "--guidance", type=float, default=None,
+        help="default classifier-free guidance scale of the bundle (also used for the golden references)",
+    )
+    p.add_argument("--cond-tokens", type=int, default=None, help="tokens of a raw-embedding condition (77)")
+    p.add_argument("--frames", type=int, default=None, help="frames of a video model (default: its config)")
+    p.add_argument(
+        "--null-embedding", default=None, metavar="FILE.npy",
+        help="null condition [tokens, dim] of a raw-embedding model, for classifier-free guidance",
+    )
     p.set_defaults(func=_cmd_export_onnx)
     p = exp_sub.add_parser("lint", help="check an ONNX file against TensorRT and device-profile rules")
     p.add_argument("model", help="an .onnx file")

@@ -15,6 +15,7 @@ import logging
 import warnings
 from contextlib import redirect_stdout
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 import torch
@@ -43,6 +44,8 @@ class ExportResult:
     custom_ops: list[dict] = field(default_factory=list)
     approximated: list[str] = field(default_factory=list)  # trt placement: layers requantized to int8
     layer_outputs: dict[str, str] = field(default_factory=dict)  # quantized layer -> its ONNX output
+    #: True when `model` is the graph only and its weights are in `<save_path>.data` (large models).
+    external_data: bool = False
 
 
 def _has_per_step(model: nn.Module) -> bool:
@@ -66,7 +69,7 @@ def check_opset(opset: int) -> int:
 
 def export_unet(
     model: nn.Module,
-    sample_shape: tuple[int, int, int],
+    sample_shape: tuple[int, ...],
     *,
     placement: str = "ort",
     residual: str = "custom",
@@ -74,12 +77,21 @@ def export_unet(
     batch: int = 2,
     out_ranges: dict[str, tuple[float, float]] | None = None,
     extra_inputs: dict[str, torch.Tensor] | None = None,
+    input_names: dict[str, str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    save_path: Path | None = None,
 ) -> ExportResult:
-    """Export a diffusers UNet or DiT (FP or edgediff-quantized) to an in-memory ONNX model.
+    """Export a diffusers UNet, DiT or video transformer (FP or edgediff-quantized) to ONNX.
 
-    `extra_inputs` are example tensors of further model inputs with the batch on dim 0 (for example
-    `encoder_hidden_states` of a text-conditioned UNet, `class_labels` of a DiT); they become graph
-    inputs with a dynamic batch.
+    `sample_shape` is (C, H, W) or, for video, (C, F, H, W). `extra_inputs` are example tensors of
+    further model inputs keyed by forward kwarg, batch on dim 0 (`encoder_hidden_states` of a
+    text-conditioned UNet, `class_labels` of a DiT); they become graph inputs with a dynamic batch,
+    named by `input_names` (kwarg -> graph name; default the kwarg). `dtype` is the float type of
+    the sample and float conditions (the model must already be in it).
+
+    With `save_path` the exporter writes `save_path` + `save_path.data` itself, tensor by tensor,
+    and the returned proto is the graph without weights (`external_data=True`): the in-memory
+    proto of a model over 2 GB would hold its weights once more, and serializing it once again.
     """
     check_opset(opset)
     from edgediff_export.ops import register_edgediff_schemas
@@ -91,13 +103,13 @@ def export_unet(
     with_step = quantized and _has_per_step(model)
     if quantized:
         body, steps, names = prepare_for_export(model, placement, out_ranges)
-    else:
-        import copy
-
-        body, steps, names = copy.deepcopy(model).eval(), None, []
-    extra = dict(extra_inputs or {})
+    else:  # the exporter does not modify the module: no copy (a copy doubles a large model's memory)
+        body, steps, names = model.eval(), None, []
+    extra = {
+        k: v.to(dtype) if v.is_floating_point() else v for k, v in dict(extra_inputs or {}).items()
+    }
     wrapper = UNetExportWrapper(body, steps, with_step, tuple(extra)).eval()
-    sample = torch.randn(batch, *sample_shape, generator=torch.Generator().manual_seed(0))
+    sample = torch.randn(batch, *sample_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
     timestep = torch.full((batch,), 500, dtype=torch.int64)
     args: tuple = (sample, timestep)
     kwargs: dict[str, torch.Tensor] = {}
@@ -114,7 +126,10 @@ def export_unet(
             raise ExportError(f"extra export inputs need batch {batch} on dim 0, got shape {shape}")
         kwargs[f"extra{k}"] = value
         dynamic[f"extra{k}"] = {0: batch_dim}
-    input_names = ["sample", "timestep", *(["step"] if with_step else []), *extra]
+    rename = dict(input_names or {})
+    graph_inputs = [
+        "sample", "timestep", *(["step"] if with_step else []), *(rename.get(k, k) for k in extra)
+    ]
     torch_onnx_log = logging.getLogger("torch.onnx")
     level = torch_onnx_log.level
     torch_onnx_log.setLevel(logging.ERROR)  # it warns about absent torchvision ops on every export
@@ -130,7 +145,7 @@ def export_unet(
                 dynamic_shapes=dynamic,
                 opset_version=opset,
                 external_data=False,
-                input_names=input_names,
+                input_names=graph_inputs,
                 output_names=["model_output"],
                 verbose=False,
             )
@@ -139,7 +154,15 @@ def export_unet(
             raise ExportError(f"torch.onnx.export failed: {first}") from exc
         finally:
             torch_onnx_log.setLevel(level)
-    proto = program.model_proto
+    if save_path is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program.save(str(save_path), external_data=True)
+        del program
+        proto = onnx.load(str(save_path), load_external_data=False)
+    else:
+        proto = program.model_proto
+        del program
     layer_outputs = layer_output_tensors(proto, names)
     strip_exporter_metadata(proto)
     custom_ops = _finish(proto, residual)
@@ -152,6 +175,7 @@ def export_unet(
         custom_ops=custom_ops,
         layer_outputs=layer_outputs,
         approximated=[n for n, m in body.named_modules() if getattr(m, "trt_approximate", False)],
+        external_data=save_path is not None,
     )
 
 

@@ -56,7 +56,7 @@ def _export_twin(loaded, bundle) -> torch.nn.Module:
     if placement == "ort":  # recomputed exactly as at export (same seeds and trajectories)
         ranges = layer_output_ranges(
             loaded.unet,
-            loaded.scheduler_config,
+            bundle.manifest.sampler,
             shape,
             bundle.manifest.sampler.steps,
             set_step=loaded.set_step,

@@ -31,6 +31,7 @@ import numpy as np
 
 from edgediff_runtime._atomic import atomic_path, write_bytes
 from edgediff_runtime._schema import schema_errors
+from edgediff_runtime.conditioning import CONDITIONING_SCHEMA, LAYOUTS, ConditioningSpec
 from edgediff_runtime.devices import DeviceProfile
 from edgediff_runtime.errors import RuntimeStageError
 
@@ -87,6 +88,8 @@ MANIFEST_SCHEMA: dict[str, Any] = _obj(
                 "inputs": {"type": "array", "minItems": 1, "items": _TENSOR},
                 "outputs": {"type": "array", "minItems": 1, "items": _TENSOR},
                 "sample_shape": {"type": "array", "minItems": 3, "items": {"type": "integer", "minimum": 1}},
+                "layout": {"enum": list(LAYOUTS)},
+                "learned_sigma": {"type": "boolean"},
                 "sample_input": _STR,
                 "timestep_input": _STR,
                 "step_input": _OPT_STR,
@@ -156,9 +159,11 @@ MANIFEST_SCHEMA: dict[str, Any] = _obj(
                 "tolerances": {"type": "object"},
                 "report": {"type": ["object", "null"]},
                 "tolerance_source": _STR,
+                "bounds": {"type": ["object", "null"]},
             },
             [],
         ),
+        "conditioning": CONDITIONING_SCHEMA,
     },
     ["schema_version", "name", "model", "sampler", "onnx", "quant"],
 )
@@ -176,7 +181,12 @@ class TensorSpec:
 
 @dataclass
 class ModelSpec:
-    """What the sampler feeds the graph: ``sample_input``, ``timestep_input``, optional step index."""
+    """What the sampler feeds the graph: ``sample_input``, ``timestep_input``, optional step index.
+
+    ``layout`` is ``BCHW`` (``sample_shape`` [C, H, W]) or ``BCFHW`` (video, [C, F, H, W]);
+    ``learned_sigma``: the output stacks the prediction and a variance over channels, the
+    sampler uses the first ``sample_shape[0]`` channels.
+    """
 
     family: str
     inputs: list[TensorSpec]
@@ -187,6 +197,8 @@ class ModelSpec:
     timestep_input: str = "timestep"
     step_input: str | None = None
     output: str | None = None
+    layout: str = "BCHW"
+    learned_sigma: bool = False
 
     def input(self, name: str) -> TensorSpec:
         """The input spec called ``name``."""
@@ -289,6 +301,9 @@ class ParitySpec:
     tolerances: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TOLERANCES))
     report: dict[str, Any] | None = None
     tolerance_source: str = "runtime defaults (no derivation recorded by the exporter)"
+    #: Sanity bound of the export-time error for the bundle's precision, and whether the measured
+    #: error broke it (then the stored tolerances are the bound, so parity fails on any host).
+    bounds: dict[str, Any] | None = None
 
 
 @dataclass
@@ -306,6 +321,8 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     parity: ParitySpec = field(default_factory=ParitySpec)
     schema_version: int = SCHEMA_VERSION
+    #: None: an unconditional model (and every manifest written before conditioning existed).
+    conditioning: ConditioningSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict, ``schema_version`` first."""
@@ -356,6 +373,9 @@ class Manifest:
             device=data.get("device"),
             files=dict(data.get("files", {})),
             parity=ParitySpec(**data.get("parity", {})),
+            conditioning=(
+                ConditioningSpec.from_dict(data["conditioning"]) if data.get("conditioning") else None
+            ),
         )
         manifest.check(source)
         return manifest
@@ -387,8 +407,20 @@ class Manifest:
             raise bad(f"model.output '{self.model.output}' is not one of the graph outputs")
         if self.model.step_input is not None and self.model.input(self.model.step_input).dtype != "int64":
             raise bad(f"model.step_input '{self.model.step_input}' must be int64")
-        if len(self.model.sample_shape) != 3:
-            raise bad(f"model.sample_shape must be [C, H, W], got {self.model.sample_shape}")
+        rank = 4 if self.model.layout == "BCFHW" else 3
+        if len(self.model.sample_shape) != rank:
+            dims = "[C, F, H, W]" if rank == 4 else "[C, H, W]"
+            raise bad(
+                f"model.sample_shape must be {dims} for layout {self.model.layout}, "
+                f"got {self.model.sample_shape}"
+            )
+        cond = self.conditioning
+        if cond is not None:
+            if cond.input not in names:
+                raise bad(f"conditioning.input '{cond.input}' is not one of the graph inputs {names}")
+            missing = [f for f in cond.files() if f not in self.files] if self.files else []
+            if missing:
+                raise bad(f"conditioning names {missing[0]}, which the bundle does not list")
         if self.sampler.steps > self.sampler.num_train_timesteps:
             raise bad("sampler.steps exceeds sampler.num_train_timesteps")
         table = self.quant.step_table
@@ -625,6 +657,11 @@ class Golden:
     final: np.ndarray  # [N, C, H, W] float32, pipeline output (last latent clipped to [-1, 1])
     fp_final: np.ndarray | None = None  # [N, C, H, W] full-precision model's final output (level 3)
     step_noise: np.ndarray | None = None  # [S, N, C, H, W] noise injected by stochastic samplers
+    #: Conditioning feeds of the recording (graph input name -> [N, ...]), the null halves of
+    #: classifier-free guidance and its scale (None: no guidance). Video latents are [N, C, F, H, W].
+    cond: dict[str, np.ndarray] = field(default_factory=dict)
+    null_cond: dict[str, np.ndarray] = field(default_factory=dict)
+    guidance_scale: float | None = None
 
     @property
     def steps(self) -> int:
@@ -636,8 +673,8 @@ def _check_golden(g: Golden, where: str) -> None:
     def bad(problem: str) -> RuntimeStageError:
         return RuntimeStageError(f"{where}: {problem}; re-record the golden references")
 
-    if g.noise.ndim != 4:
-        raise bad(f"noise must be [N, C, H, W], got shape {list(g.noise.shape)}")
+    if g.noise.ndim not in (4, 5):
+        raise bad(f"noise must be [N, C, H, W] or [N, C, F, H, W], got shape {list(g.noise.shape)}")
     if g.timesteps.ndim != 1 or g.timesteps.shape[0] < 1:
         raise bad(f"timesteps must be [S] with S >= 1, got shape {list(g.timesteps.shape)}")
     expect = (g.steps, *g.noise.shape)
@@ -649,6 +686,14 @@ def _check_golden(g: Golden, where: str) -> None:
         raise bad(f"fp_final must have shape {list(g.noise.shape)}, got {list(g.fp_final.shape)}")
     if g.step_noise is not None and g.step_noise.shape != expect:
         raise bad(f"step_noise must have shape {list(expect)}, got {list(g.step_noise.shape)}")
+    for key, value in [*g.cond.items(), *g.null_cond.items()]:
+        if value.shape[:1] != g.noise.shape[:1]:
+            raise bad(f"conditioning feed {key} must have {g.noise.shape[0]} rows, got {list(value.shape)}")
+    if g.guidance_scale is not None and set(g.null_cond) != set(g.cond):
+        raise bad("guidance needs a null feed for every conditioning feed")
+
+
+_COND, _NULL, _GUIDANCE = "cond__", "null__", "guidance_scale"
 
 
 def save_golden(
@@ -660,8 +705,14 @@ def save_golden(
     final: np.ndarray,
     fp_final: np.ndarray | None = None,
     step_noise: np.ndarray | None = None,
+    cond: dict[str, np.ndarray] | None = None,
+    null_cond: dict[str, np.ndarray] | None = None,
+    guidance_scale: float | None = None,
 ) -> Path:
-    """Write ``<folder>/reference/golden.npz`` atomically (call before :func:`write_manifest`)."""
+    """Write ``<folder>/reference/golden.npz`` atomically (call before :func:`write_manifest`).
+
+    Conditioning feeds are stored as ``cond__<input>`` / ``null__<input>``, the scale as
+    ``guidance_scale``."""
     g = Golden(
         noise=np.asarray(noise, dtype=np.float32),
         timesteps=np.asarray(timesteps),
@@ -669,13 +720,24 @@ def save_golden(
         final=np.asarray(final, dtype=np.float32),
         fp_final=None if fp_final is None else np.asarray(fp_final, dtype=np.float32),
         step_noise=None if step_noise is None else np.asarray(step_noise, dtype=np.float32),
+        cond={k: np.asarray(v) for k, v in (cond or {}).items()},
+        null_cond={k: np.asarray(v) for k, v in (null_cond or {}).items()},
+        guidance_scale=None if guidance_scale is None else float(guidance_scale),
     )
     if np.issubdtype(g.timesteps.dtype, np.integer):
         g.timesteps = g.timesteps.astype(np.int64)
     _check_golden(g, "golden references")
     out = Path(folder) / GOLDEN_PATH
     out.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {k: v for k, v in dataclasses.asdict(g).items() if v is not None}
+    arrays = {
+        k: v
+        for k, v in dataclasses.asdict(g).items()
+        if v is not None and k not in ("cond", "null_cond", "guidance_scale")
+    }
+    arrays.update({_COND + k: v for k, v in g.cond.items()})
+    arrays.update({_NULL + k: v for k, v in g.null_cond.items()})
+    if g.guidance_scale is not None:
+        arrays[_GUIDANCE] = np.asarray(g.guidance_scale, dtype=np.float64)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     with atomic_path(out) as tmp:
@@ -703,7 +765,11 @@ def load_golden(bundle: Bundle) -> Golden:
             f"{GOLDEN_PATH} of bundle {bundle.name} lacks {', '.join(missing)}; "
             "re-record the golden references"
         )
-    known = {f.name for f in dataclasses.fields(Golden)}
+    known = {f.name for f in dataclasses.fields(Golden)} - {"cond", "null_cond", "guidance_scale"}
     g = Golden(**{k: v for k, v in arrays.items() if k in known})
+    g.cond = {k.removeprefix(_COND): v for k, v in arrays.items() if k.startswith(_COND)}
+    g.null_cond = {k.removeprefix(_NULL): v for k, v in arrays.items() if k.startswith(_NULL)}
+    if _GUIDANCE in arrays:
+        g.guidance_scale = float(arrays[_GUIDANCE])
     _check_golden(g, f"{GOLDEN_PATH} of bundle {bundle.name}")
     return g

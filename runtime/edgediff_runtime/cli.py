@@ -66,14 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path, help="NAME.edgediff folder")
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
 
-    p = sub.add_parser("sample", help="generate images into a PNG grid",
-                       description="Sample images with the bundle's sampler and write a PNG grid.")
+    p = sub.add_parser("sample", help="generate images into a PNG grid (videos: a GIF per sample)",
+                       description="Sample with the bundle's sampler; write a PNG grid (video bundles: "
+                       "one animated GIF per sample).")
     p.add_argument("bundle", type=Path, help="NAME.edgediff folder")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps (default: the manifest's; per-step scales allow only that)")
     p.add_argument("--num", type=int, default=4, help="number of images (default 4)")
-    p.add_argument("--out", type=Path, required=True, help="output PNG grid")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output PNG grid (video bundles: OUT.gif, or OUT_<i>.gif for several samples)")
+    p.add_argument("--labels", default=None, metavar="L1,L2",
+                   help="labels, one per slot, '-' for an empty slot (e.g. 7 or 7,2 or 7,-)")
+    p.add_argument("--cond", type=Path, default=None, metavar="FILE",
+                   help="raw embeddings (.npy or .safetensors), [tokens, dim] or [N, tokens, dim]")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale (default: the manifest's; 1 = no guidance)")
     p.add_argument("--scale", type=int, default=None,
                    help="pixel repeat factor (default: small images upscaled to a grid >= 512 px wide)")
     p.add_argument("--save-npy", type=Path, default=None, help="also write the raw [N,C,H,W] output (.npy)")
@@ -173,10 +181,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         golden = "left out (parity needs them)"
     lines = [
         f"bundle      {bundle.name} (schema {m.schema_version}, created by {m.created_by})",
-        f"model       {m.model.family}, {m.model.file}, sample [C,H,W] = {m.model.sample_shape}",
+        f"model       {m.model.family}, {m.model.file}, layout {m.model.layout}, sample "
+        f"[{','.join(m.model.layout[1:])}] = {m.model.sample_shape}"
+        + (", learned sigma (first half of the output channels used)" if m.model.learned_sigma else ""),
         f"inputs      {'; '.join(shape(t) for t in m.model.inputs)}",
         f"outputs     {'; '.join(shape(t) for t in m.model.outputs)}",
         f"step input  {m.model.step_input or '-'}",
+        f"condition   {m.conditioning.describe() if m.conditioning else 'none (unconditional)'}",
         f"sampler     {s.kind}, {s.steps} steps, {s.prediction_type}, {s.beta_schedule} "
         f"(T={s.num_train_timesteps}), spacing {s.timestep_spacing}, eta {s.eta}, "
         f"guidance {s.guidance_scale if s.guidance_scale is not None else '-'}",
@@ -208,8 +219,9 @@ def _progress(total: int, desc: str):
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample ``--num`` images and write them as a PNG grid (atomically)."""
-    from edgediff_runtime.imaging import save_grid
-    from edgediff_runtime.pipeline import sample
+    from edgediff_runtime.conditioning import build_conditioning
+    from edgediff_runtime.imaging import readable_scale, save_gif, save_grid, video_paths
+    from edgediff_runtime.pipeline import Guidance, sample
     from edgediff_runtime.samplers import make_sampler
 
     if args.num < 1:
@@ -220,39 +232,59 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise RuntimeStageError(f"--seed must be >= 0, got {args.seed}")
     if args.steps is not None and args.steps < 1:
         raise RuntimeStageError(f"steps must be >= 1, got {args.steps}; pass --steps 1 or more")
-    _check_out(args.out, ".png", "--out")
+    manifest = load_bundle(args.bundle, verify=False, backend=None).manifest
+    video = manifest.model.layout == "BCFHW"
+    _check_out(args.out, ".gif" if video else ".png", "--out")
     _check_out(args.save_npy, ".npy", "--save-npy")
+    feeds = build_conditioning(
+        args.bundle, manifest.conditioning, args.num, labels=args.labels, cond_file=args.cond,
+        guidance=args.guidance, default_guidance=manifest.sampler.guidance_scale,
+    )
     bundle, backend = _open(args, steps=args.steps)
     steps = bundle.manifest.sampler.steps if args.steps is None else args.steps
     make_sampler(bundle.manifest.sampler, steps)  # reject bad --steps before any work
     noise = np.random.default_rng(args.seed).standard_normal(
         (args.num, *bundle.manifest.model.sample_shape), dtype=np.float32
     )
+    guidance = None
+    if feeds.guidance_scale is not None and feeds.null is not None:
+        guidance = Guidance(scale=feeds.guidance_scale, uncond=feeds.null, cond=feeds.cond)
     bar = _progress(steps, "sampling")
     try:
         result = sample(
             bundle, backend, noise, steps,
             step_callback=(lambda i, t, x: bar.update(1)) if bar is not None else None,
             rng=np.random.default_rng(args.seed + 1),
+            extra_feeds=None if guidance is not None else feeds.cond,
+            guidance=guidance,
         )
     finally:
         if bar is not None:
             bar.close()
     if not np.all(np.isfinite(result.final)):
         raise RuntimeStageError("the model produced NaN/Inf; check the bundle with `edgediff-run parity`")
-    scale = save_grid(args.out, result.final, scale=args.scale)
+    if video:
+        written = video_paths(args.out, args.num)
+        scale = args.scale or readable_scale(result.final.shape[-1], 1)
+        for path, clip in zip(written, result.final):
+            save_gif(path, clip, scale=scale)
+    else:
+        written = [args.out]
+        scale = save_grid(args.out, result.final, scale=args.scale)
     if args.save_npy is not None:
         from edgediff_runtime._atomic import atomic_path
 
         with atomic_path(args.save_npy) as tmp, tmp.open("wb") as fh:
             np.save(fh, result.final)
     per_call = 1e3 * float(np.mean(result.call_seconds))
-    size = args.out.stat().st_size / 1e3
-    print(f"wrote {args.out} ({args.num} images, {steps} steps, {per_call:.1f} ms per model call; "
-          f"grid upscaled {scale}x, {size:.1f} kB)")
+    what = f"{args.num} video(s) as GIF" if video else f"{args.num} images"
+    cfg = f", guidance {guidance.scale:g} (one batched call)" if guidance is not None else ""
+    size = sum(path.stat().st_size for path in written) / 1e3
+    print(f"wrote {args.out} ({what}, {steps} steps{cfg}, {per_call:.1f} ms per model call; "
+          f"upscaled {scale}x, {size:.1f} kB)")
     if args.save_npy is not None:
         npy_kb = args.save_npy.stat().st_size / 1e3
-        print(f"wrote {args.save_npy} (raw [N, C, H, W] float32, {npy_kb:.1f} kB)")
+        print(f"wrote {args.save_npy} (raw output, float32, {npy_kb:.1f} kB)")
     return 0
 
 

@@ -105,6 +105,30 @@ def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return ticks
 
 
+def save_gif(path: str | os.PathLike[str], video: np.ndarray, scale: int = 1, fps: int = 8) -> None:
+    """Write one [-1, 1] video [C, F, H, W] as an animated GIF (Pillow), atomically."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise RuntimeStageError("video output needs Pillow; pip install pillow, or use --save-npy") from None
+    frames = to_uint8(np.moveaxis(np.asarray(video), 1, 0))  # [F, H, W(, 3)]
+    if scale > 1:
+        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    images = [Image.fromarray(f) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
+    write_bytes(path, buf.getvalue())
+
+
+def video_paths(out: str | os.PathLike[str], n: int) -> list[str]:
+    """One GIF per sample: ``out`` itself for one sample, ``<stem>_<i>.gif`` beside it otherwise."""
+    out = os.fspath(out)
+    if n == 1:
+        return [out]
+    stem = out[: -len(".gif")] if out.lower().endswith(".gif") else out
+    return [f"{stem}_{i}.gif" for i in range(n)]
+
+
 def plot_parity(path: str | os.PathLike[str], report: dict) -> None:
     """Per-step curve of a parity report (docs/design.md section 4): PSNR (dB) and log10 max abs error."""
     try:

@@ -20,7 +20,7 @@ import numpy as np
 from edgediff_runtime.backends import Backend
 from edgediff_runtime.bundle import Bundle, Golden, load_golden
 from edgediff_runtime.errors import RuntimeStageError
-from edgediff_runtime.pipeline import sample
+from edgediff_runtime.pipeline import Guidance, sample
 from edgediff_runtime.samplers import make_sampler
 
 DATA_RANGE = 2.0
@@ -73,7 +73,19 @@ def run_parity(
             f"sampler {spec.kind} is stochastic but the golden file "
             "has no step_noise; re-record it with step_noise"
         )
-    result = sample(bundle, backend, golden.noise, steps, step_noise=golden.step_noise, keep_latents=True)
+    guidance = None
+    if golden.guidance_scale is not None:
+        guidance = Guidance(scale=golden.guidance_scale, uncond=golden.null_cond, cond=golden.cond)
+    result = sample(
+        bundle,
+        backend,
+        golden.noise,
+        steps,
+        step_noise=golden.step_noise,
+        keep_latents=True,
+        extra_feeds=None if guidance is not None else golden.cond,
+        guidance=guidance,
+    )
     per_step = []
     for i, latent in enumerate(result.latents):
         per_step.append(
@@ -139,6 +151,7 @@ def run_parity(
         "tolerance_source": bundle.manifest.parity.tolerance_source,
         "checks": checks,
         "passed": all(c["passed"] for c in checks),
+        "export_bounds": bundle.manifest.parity.bounds,
         "note": "psnr null = identical (infinite); data range 2.0",
     }
 
@@ -168,5 +181,8 @@ def format_report(report: dict) -> str:
         value = "inf" if c["value"] is None else f"{c['value']:.4g}"
         lines.append(f"  {'ok  ' if c['passed'] else 'FAIL'} {c['name']}: {value} {c['op']} {c['limit']:g}")
     lines.append(f"  tolerances: {report['tolerance_source']}")
+    bounds = report.get("export_bounds")
+    if bounds and not bounds.get("within", True):
+        lines.append(f"  WARNING: {bounds['message']}")
     lines.append("PASS" if report["passed"] else "FAIL")
     return "\n".join(lines)

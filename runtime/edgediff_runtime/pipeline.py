@@ -4,7 +4,9 @@
 ``timestep_input`` (the model timestep, dtype and rank from the manifest) and, when the graph has
 one, ``step_input`` = the loop position ``i = 0 .. S-1`` (0 = first, noisiest call), by which the
 graph gathers per-step activation scales. Classifier-free guidance runs [uncond; cond] as one
-batch (Ho & Salimans 2022).
+batch (Ho & Salimans 2022). Video bundles (layout ``BCFHW``) sample [N, C, F, H, W] latents; a
+learned-sigma output (prediction and variance stacked over channels) is cut to its first C
+channels before the sampler step.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def sample(
     guidance: Guidance | None = None,
     keep_latents: bool = False,
 ) -> SampleResult:
-    """Run the bundle's sampler from unit Gaussian ``noise`` [N, C, H, W] for ``steps`` steps.
+    """Run the bundle's sampler from unit Gaussian ``noise`` [N, *sample_shape] for ``steps`` steps.
 
     ``step_noise`` [S, N, C, H, W] replaces the sampler's own random draws (parity replay of
     stochastic samplers); ``rng`` seeds them otherwise. ``step_callback(i, t, latent)`` runs after
@@ -110,7 +112,7 @@ def sample(
     """
     model = bundle.manifest.model
     noise = np.asarray(noise, dtype=np.float32)
-    if noise.ndim != 4 or list(noise.shape[1:]) != list(model.sample_shape):
+    if noise.ndim != len(model.sample_shape) + 1 or list(noise.shape[1:]) != list(model.sample_shape):
         raise RuntimeStageError(
             f"noise must have shape [N, {', '.join(map(str, model.sample_shape))}], got {list(noise.shape)}"
         )
@@ -139,6 +141,8 @@ def sample(
                 f"the model produced no output '{out_name}'; the manifest does not match the graph"
             )
         out = np.asarray(outputs[out_name], dtype=np.float32)
+        if model.learned_sigma and out.ndim == x.ndim and out.shape[1] == 2 * x.shape[1]:
+            out = out[:, : x.shape[1]]  # prediction first, variance second (learned sigma)
         if guidance is not None:
             out = cfg_combine(out, guidance.scale)
         if out.shape != x.shape:

@@ -40,12 +40,15 @@ def save_model(
     *,
     threshold: int = DEFAULT_THRESHOLD,
     min_tensor_bytes: int = 1024,
+    copy: bool = True,
 ) -> list[Path]:
     """Write ``model`` to ``path``; returns the files written.
 
     Inline when its serialized size is below ``threshold`` bytes (a stale ``.data`` file from an earlier
     save is removed); otherwise every tensor of at least ``min_tensor_bytes`` goes to one file,
-    ``<path>.data`` (``model.onnx.data``), referenced relative to ``path``. ``model`` is not modified.
+    ``<path>.data`` (``model.onnx.data``), referenced relative to ``path``. ``model`` is not modified
+    unless ``copy=False``: then its tensors are moved to the data file in place (no second copy of
+    the weights in memory; the caller must not use ``model``'s tensor data afterwards).
     """
     p = Path(path)
     if p.suffix != ".onnx":
@@ -57,8 +60,11 @@ def save_model(
     if model_bytes(model) < threshold:
         onnx.save_model(model, str(p))
         return [p]
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+    if copy:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+    else:
+        m = model
     onnx.save_model(
         m,
         str(p),
