@@ -227,6 +227,10 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
 
     add_distill_command(sub)
 
+    from edgediff.customize.cli import add_customize_command
+
+    add_customize_command(sub)
+
 
 def _add_mpq_switches(p: argparse.ArgumentParser) -> None:
     """Ablation switches of mpqdm / mpqdmv2 (docs/mpq.md); unset = the method's default."""
