@@ -106,3 +106,20 @@ def test_bad_inputs_one_line(model):
         customize(model, CustomizeInputs(subject, cond, condition=_image(1), condition_mask=empty), STEPS)
     with pytest.raises(CustomizeError, match=r"subject image has shape \(3, 16, 16\)"):
         customize(model, CustomizeInputs(torch.zeros(3, 16, 16), cond), STEPS)
+
+
+@pytest.mark.parametrize(
+    "kind, spacing, alpha_one", [("epsilon", "leading", False), ("v_prediction", "trailing", True)]
+)  # Stable Diffusion's DDIM choices; canvas32's
+def test_refined_inversion_round_trips_through_the_sampler(model, kind, spacing, alpha_one):
+    from edgediff.sampling import ddim_sample
+
+    from ..models.tiny import SD_SCHEDULER
+
+    config = dict(SD_SCHEDULER, prediction_type=kind, timestep_spacing=spacing, set_alpha_to_one=alpha_one)
+    x0 = _image(7)[None]
+    states = ddim_invert(model.unet, config, x0, STEPS, _cond(model), refine=10)
+    back = ddim_sample(model.unet, config, states[0], STEPS, conditioning=_cond(model)).images
+    assert psnr(back, x0) > 30.0
+    states0 = ddim_invert(model.unet, config, x0, STEPS, _cond(model))
+    assert not torch.equal(states0[0], states[0])  # the refinement does act
