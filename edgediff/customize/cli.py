@@ -11,16 +11,13 @@ def _cmd_customize(args: argparse.Namespace) -> int:
     from edgediff.customize.errors import CustomizeError
     from edgediff.customize.images import read_image, read_image_mask, write_image
     from edgediff.customize.masks import CrossAttentionLocalizer
-    from edgediff.customize.pipeline import CustomizeInputs, customize
+    from edgediff.customize.pipeline import CustomizeInputs, check_task, customize
     from edgediff.customize.schedule import ControlSchedule
     from edgediff.models.conditioning import build_conditioning
     from edgediff.models.loading import load_model
     from edgediff.utils.atomic import check_writable
 
-    if args.condition_mask and not args.condition:
-        raise CustomizeError("--condition-mask needs --condition (the image to edit); or drop it to generate")
-    if args.condition and not args.condition_mask:
-        raise CustomizeError("subject editing needs --condition-mask (the region to fill with the subject)")
+    check_task(bool(args.condition), bool(args.condition_mask))  # before loading anything
     if args.labels is None and args.cond is None:
         raise CustomizeError("say what the target shows: --labels L,... or --cond FILE.safetensors")
     check_writable(Path(args.out))

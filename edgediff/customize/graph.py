@@ -105,7 +105,10 @@ def _upsample_forward(self, hidden_states: Tensor, output_size=None, *args, **kw
 
 
 class ControlledUNet(nn.Module):
-    """A UNet2DConditionModel whose self-attention takes the control as inputs (module doc)."""
+    """A UNet2DConditionModel whose self-attention takes the control as inputs (module doc).
+
+    Installs its processors (and the branch-free upsampling) on `unet` itself: pass a copy when
+    the model is used elsewhere."""
 
     def __init__(self, unet: nn.Module):
         super().__init__()

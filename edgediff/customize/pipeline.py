@@ -62,6 +62,14 @@ class CustomizeResult:
     condition_mask: Tensor
 
 
+def check_task(has_condition: bool, has_condition_mask: bool) -> None:
+    """Editing needs both the condition image and its region; generation neither."""
+    if has_condition_mask and not has_condition:
+        raise CustomizeError("--condition-mask needs --condition (the image to edit); or drop it to generate")
+    if has_condition and not has_condition_mask:
+        raise CustomizeError("subject editing needs --condition-mask (the region to fill with the subject)")
+
+
 def check_inputs(loaded: LoadedModel, inputs: CustomizeInputs) -> None:
     """Shapes against the model's sample shape, masks not empty, editing has its condition."""
     shape = tuple(loaded.sample_shape)
@@ -71,10 +79,7 @@ def check_inputs(loaded: LoadedModel, inputs: CustomizeInputs) -> None:
     for what, img in (("subject image", inputs.subject), ("condition image", inputs.condition)):
         if img is not None and tuple(img.shape) != shape:
             raise CustomizeError(f"{what} has shape {tuple(img.shape)} but the model samples {shape}")
-    if inputs.condition_mask is not None and inputs.condition is None:
-        raise CustomizeError("--condition-mask needs --condition (the image to edit); or drop it to generate")
-    if inputs.condition is not None and inputs.condition_mask is None:
-        raise CustomizeError("subject editing needs --condition-mask (the region to fill with the subject)")
+    check_task(inputs.condition is not None, inputs.condition_mask is not None)
     for what, m in (("subject mask", inputs.subject_mask), ("condition mask", inputs.condition_mask)):
         if m is not None:
             check_mask(m, hw, what)
