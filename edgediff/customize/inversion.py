@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from edgediff.customize.errors import CustomizeError
 from edgediff.models.call import denoise
@@ -50,6 +51,7 @@ def ddim_invert(
     steps: int,
     conditioning: Conditioning | None = None,
     refine: int = 0,
+    progress: bool = False,
 ) -> list[Tensor]:
     """The latents of `x0` (1, C, H, W) along the DDIM grid: `states[i]` is the input of sampler
     step `i` (`states[0]` the inverted noise), `states[steps]` is `x0` itself."""
@@ -61,7 +63,7 @@ def ddim_invert(
     cond = (conditioning or Conditioning({})).repeat_to(x0.shape[0]).to(device)
     z = x0.to(device)
     states = [z]
-    for i in reversed(range(steps)):
+    for i in tqdm(reversed(range(steps)), total=steps, desc="inverting", disable=not progress, leave=False):
         t, prev = timesteps[i], prevs[i]
         a_t = scheduler.alphas_cumprod[t].to(device)
         a_prev = scheduler.alphas_cumprod[prev].to(device) if prev >= 0 else scheduler.final_alpha_cumprod

@@ -127,9 +127,9 @@ def customize(
     if m_s is None:
         log.info("no subject mask: the whole subject image is the subject")
         m_s = torch.ones(hw, dtype=torch.bool)
-    sub_states = ddim_invert(unet, cfg, inputs.subject[None], steps, source, invert_refine)
+    sub_states = ddim_invert(unet, cfg, inputs.subject[None], steps, source, invert_refine, progress)
     if task is Task.EDIT:
-        con_states = ddim_invert(unet, cfg, inputs.condition[None], steps, source, invert_refine)
+        con_states = ddim_invert(unet, cfg, inputs.condition[None], steps, source, invert_refine, progress)
         con_cond, m_c = source, inputs.condition_mask
     else:
         con_cond = target
@@ -145,6 +145,7 @@ def customize(
                 set_step=loaded.set_step,
                 conditioning=target,
                 guidance_scale=inputs.guidance if guided else None,
+                progress=progress,
             )
         con_states = [noise.to(device), *[z.to(device) for z in run.trajectory]]
         controller.recording = False
