@@ -95,12 +95,11 @@ def dilate(mask: Tensor, size: int = 3) -> Tensor:
 
 
 class Localizer(Protocol):
-    """Subject localization: attention maps (tokens, H, W) -> a bool (H, W) mask.
+    """Subject localization: cross-attention maps (tokens, H, W) and the image (C, H, W) it was
+    drawn on -> a bool (H, W) mask. A detector + segmenter (Grounding-DINO + SAM in the paper)
+    plugs in here by segmenting the image and ignoring the maps."""
 
-    A detector + segmenter (Grounding-DINO + SAM in the paper) plugs in here by ignoring the maps
-    and segmenting the image instead."""
-
-    def __call__(self, maps: Tensor) -> Tensor: ...
+    def __call__(self, maps: Tensor, image: Tensor | None = None) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ class CrossAttentionLocalizer:
     top: float = 0.3
     dilation: int = 3
 
-    def __call__(self, maps: Tensor) -> Tensor:
+    def __call__(self, maps: Tensor, image: Tensor | None = None) -> Tensor:
         if not 0 <= self.token < maps.shape[0]:
             raise CustomizeError(
                 f"--token {self.token} is out of range: the conditioning has {maps.shape[0]} tokens"

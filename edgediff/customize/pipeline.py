@@ -4,8 +4,8 @@
   DDIM-inverted; the target starts from the condition's inverted noise and, after every step,
   keeps the condition's latent outside the editable region, `z <- (1 - M_C) z_con + M_C z`;
 * subject-driven generation (no condition image): the condition process is plain sampling from
-  seeded noise with the target's conditioning, run first; its cross-attention maps give `M_C`
-  (unless given) and its latents play the condition's stored latents; no blending.
+  seeded noise with the target's conditioning, run first; a `Localizer` gives `M_C` from its
+  cross-attention maps and image, and its latents play the condition's stored latents; no blending.
 
 In the main pass the subject and condition streams are reset to their stored latents at every
 step (they only supply keys, values and source queries); the target denoises under the control
@@ -134,7 +134,7 @@ def customize(
     else:
         con_cond = target
         noise = seeded_noise(1, loaded.sample_shape, seed)
-        controller.recording = inputs.condition_mask is None
+        controller.recording = True
         with controlled(unet, controller):
             run = ddim_sample(
                 unet,
@@ -149,9 +149,7 @@ def customize(
             )
         con_states = [noise.to(device), *[z.to(device) for z in run.trajectory]]
         controller.recording = False
-        m_c = inputs.condition_mask
-        if m_c is None:
-            m_c = (localizer or CrossAttentionLocalizer())(controller.attention_maps())
+        m_c = (localizer or CrossAttentionLocalizer())(controller.attention_maps(), run.images[0])
     controller.set_masks(m_s.bool(), m_c.bool())
 
     scheduler, timesteps, prevs = ddim_grid(cfg, steps)

@@ -123,3 +123,17 @@ def test_refined_inversion_round_trips_through_the_sampler(model, kind, spacing,
     assert psnr(back, x0) > 30.0
     states0 = ddim_invert(model.unet, config, x0, STEPS, _cond(model))
     assert not torch.equal(states0[0], states[0])  # the refinement does act
+
+
+def test_a_localizer_plugs_in_and_sees_the_condition_image(model):
+    seen = {}
+
+    def box_localizer(maps, image):
+        seen["maps"], seen["image"] = maps, image
+        return _box(0, 8, 0, 8)
+
+    res = customize(model, CustomizeInputs(_image(6), _cond(model)), STEPS, seed=1, localizer=box_localizer)
+    assert torch.equal(res.condition_mask, _box(0, 8, 0, 8))
+    assert seen["maps"].shape == (2, 16, 16)  # one map per label slot token
+    plain = sample_model(model, 1, STEPS, 1, conditioning=_cond(model))[0]
+    assert torch.equal(seen["image"], plain)  # the condition process is plain sampling
