@@ -277,6 +277,10 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
 
     add_distill_command(sub)
 
+    from edgediff.customize.cli import add_customize_command
+
+    add_customize_command(sub)
+
 
 def _add_method_options_on_use(p: argparse.ArgumentParser) -> None:
     """`--method` and the registered methods' switches are added when `quantize` is parsed (its
