@@ -91,7 +91,8 @@ def runtime_bundle(path: Path, case: ModelCase, steps: int):
     """An in-memory runtime `Bundle` over an ONNX file: what `edgediff-run` samples with."""
     import onnx
 
-    from edgediff_export.bundle import _sampler_spec, _tensor_specs
+    from edgediff.sampling import ddim_settings
+    from edgediff_export.bundle import _tensor_specs, sampler_spec
     from edgediff_runtime.bundle import Bundle, Manifest, ModelSpec, OnnxSpec
 
     proto = onnx.load(str(path), load_external_data=False)
@@ -103,7 +104,12 @@ def runtime_bundle(path: Path, case: ModelCase, steps: int):
             outputs=_tensor_specs(proto.graph.output),
             sample_shape=list(case.sample_shape),
         ),
-        sampler=_sampler_spec(case.schedule, steps),
+        sampler=sampler_spec(
+            case.schedule,
+            steps,
+            timestep_spacing=ddim_settings(case.schedule).timestep_spacing,
+            set_alpha_to_one=ddim_settings(case.schedule).set_alpha_to_one,
+        ),
         onnx=OnnxSpec(opset=17, ir_version=proto.ir_version),
     )
     return Bundle(root=path.parent, manifest=manifest)

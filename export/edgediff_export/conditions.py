@@ -61,12 +61,6 @@ def sample_shape(model: nn.Module, signature: ModelSignature, frames: int | None
     return (c, int(h), int(w))
 
 
-def _uses(cfg: dict, cond: ConditionInput, class_name: str) -> bool:
-    if cond.kwarg == "class_labels" and class_name in ("UNet2DModel", "UNet2DConditionModel"):
-        return cfg.get("num_class_embeds") is not None or cfg.get("class_embed_type") is not None
-    return True
-
-
 def model_conditions(
     model: nn.Module,
     label_table: LabelTable | None = None,
@@ -86,7 +80,7 @@ def model_conditions(
             "PixArt with use_additional_conditions (resolution/aspect-ratio inputs) is not exportable yet; "
             "use a sample_size of 64 or less"
         )
-    inputs = tuple(c for c in signature.conditions if _uses(cfg, c, class_name))
+    inputs = signature.conditions_for(cfg)  # the conditions this config uses (edgediff.models)
     shapes: dict[str, tuple[int, ...]] = {}
     spec: ConditioningSpec | None = None
     for c in inputs:
