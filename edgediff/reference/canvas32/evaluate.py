@@ -4,6 +4,8 @@ Labels are drawn per sample, each slot uniform over the 10 digits and empty (see
 or fixed by `labels`. `slot_accuracy` is the fraction of (sample, slot) pairs the slot
 classifier reads as the requested label; `fd` is the Frechet distance of the classifier's 128-d
 features of the samples against `REAL_SAMPLES` real compositions (all digits, uniform labels).
+`fd_real_floor` is the same FD for as many real compositions of the held-out digits, drawn with
+the same labels: what a perfect generator would score at this sample count.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from edgediff.errors import EdgediffError
 from edgediff.reference.canvas32 import CLASSIFIER_DIR
 from edgediff.reference.canvas32.classifier import SlotCNN, load_slot_classifier
-from edgediff.reference.canvas32.data import CANVAS, DigitPool, make_batch, sample_labels
+from edgediff.reference.canvas32.data import CANVAS, DigitPool, make_batch, make_canvases, sample_labels
 from edgediff.reference.canvas32.model import load
 from edgediff.reference.canvas32.sampling import cfg_ddim_sample
 from edgediff.reference.metrics import frechet_distance
@@ -77,11 +79,14 @@ def evaluate(
     sample_seconds = time.perf_counter() - t0
     feats, preds = features(classifier, images)
     hits = (preds == cond).float()
+    held_out = make_canvases(DigitPool.split("val"), cond, torch.Generator().manual_seed(seed))
+    real = real_features(Path(classifier_dir))
     result = {
         "slot_accuracy": float(hits.mean()),
         "slot_accuracy_left": float(hits[:, 0].mean()),
         "slot_accuracy_right": float(hits[:, 1].mean()),
-        "fd": frechet_distance(feats, real_features(Path(classifier_dir))),
+        "fd": frechet_distance(feats, real),
+        "fd_real_floor": frechet_distance(features(classifier, held_out)[0], real),
         "samples": samples,
         "real_samples": REAL_SAMPLES,
         "steps": steps,
