@@ -135,7 +135,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p = ref_sub.add_parser("train", help="train the reference diffusion model from scratch (seeded)")
     p.add_argument("--out", required=True, help="output folder (a diffusers DDPMPipeline folder)")
     p.add_argument(
-        "--steps", type=positive_int("--steps"), default=None, help="optimiser steps (2400; canvas32 1400)"
+        "--steps", type=positive_int("--steps"), default=None, help="optimiser steps (2400; canvas32 1800)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", choices=["digits16", "canvas32"], default="digits16", help="which reference")

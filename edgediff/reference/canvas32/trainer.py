@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Canvas32TrainConfig:
-    steps: int = 1400
+    steps: int = 1800
     batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 100

@@ -1,10 +1,11 @@
 import json
 
 import pytest
+import torch
 
 from edgediff.reference.canvas32 import MODEL_DIR
 from edgediff.reference.canvas32.evaluate import evaluate, is_canvas32
-from edgediff.reference.canvas32.model import build_denoiser, resolve, save_pipeline
+from edgediff.reference.canvas32.model import build_denoiser, load, resolve, save_pipeline
 from edgediff_export.cli import main
 
 from .tiny import TINY_UNET
@@ -41,6 +42,13 @@ def test_eval_json_keys(tiny_model, tmp_path):
     # Samples of an untrained model are far from real canvases; held-out real ones are close.
     assert result["fd_real_floor"] < result["fd"]
     assert result["samples"] == 8 and (tmp_path / "g.png").is_file()
+
+
+def test_bundled_model_loads_with_its_table_and_schedule():
+    model = load("reference:canvas32")
+    assert model.table.embeddings.shape == (2, 12, 32) and model.table.embeddings.dtype == torch.float32
+    assert model.unet.config.cross_attention_dim == 32 and model.unet.config.sample_size == 32
+    assert model.scheduler_config["timestep_spacing"] == "trailing"
 
 
 def test_reference_name_and_detection(tiny_model, tmp_path):
