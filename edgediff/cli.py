@@ -69,12 +69,16 @@ def human_size(path: Path) -> str:
 
 
 def _cmd_reference_train(args: argparse.Namespace) -> int:
+    if args.arch == "canvas32":
+        from edgediff.reference.canvas32.cli import train_command
+
+        return train_command(args)
     from edgediff.utils.atomic import check_writable
 
     check_writable(Path(args.out))
     from edgediff.reference.trainer import ReferenceTrainConfig, train_reference
 
-    out = train_reference(Path(args.out), ReferenceTrainConfig(steps=args.steps, seed=args.seed))
+    out = train_reference(Path(args.out), ReferenceTrainConfig(steps=args.steps or 2400, seed=args.seed))
     from edgediff.reference.evaluate import evaluate
 
     report = evaluate(out, samples=100, steps=20, seed=0, grid_out=Path(args.out) / "samples.png")
@@ -83,6 +87,10 @@ def _cmd_reference_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_reference_classifier(args: argparse.Namespace) -> int:
+    if args.arch == "canvas32":
+        from edgediff.reference.canvas32.cli import classifier_command
+
+        return classifier_command(args)
     from edgediff.utils.atomic import check_writable
 
     check_writable(Path(args.out))
@@ -115,6 +123,12 @@ def _eval_summary(result: dict) -> list[str]:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from edgediff.reference.canvas32.evaluate import is_canvas32
+
+    if is_canvas32(args.model):
+        from edgediff.reference.canvas32.cli import eval_command
+
+        return eval_command(args)
     from edgediff.utils.atomic import check_writable
 
     json_out = Path(args.json) if args.json else None
@@ -198,13 +212,15 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p = ref_sub.add_parser("train", help="train the reference diffusion model from scratch (seeded)")
     p.add_argument("--out", required=True, help="output folder (a diffusers DDPMPipeline folder)")
     p.add_argument(
-        "--steps", type=positive_int("--steps"), default=2400, help="optimiser steps (default 2400)"
+        "--steps", type=positive_int("--steps"), default=None, help="optimiser steps (2400; canvas32 1800)"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", choices=["digits16", "canvas32"], default="digits16", help="which reference")
     p.set_defaults(func=_cmd_reference_train)
     p = ref_sub.add_parser("train-classifier", help="train the metric network (TinyCNN, about a minute)")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", choices=["digits16", "canvas32"], default="digits16", help="which reference")
     p.set_defaults(func=_cmd_reference_classifier)
 
     p = sub.add_parser("eval", help="sample a model and score it (FD, confidence, paired fidelity)")

@@ -9,10 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def _canvas32_references() -> dict[str, Path]:
+    from edgediff.reference.canvas32 import REFERENCE_MODELS
+
+    return REFERENCE_MODELS
+
 DEFAULT_REFERENCE = "digits16"
 REFERENCES: dict[str, Path] = {
     "digits16": ASSETS / "digits16-ddpm",
 }
+REFERENCES.update(_canvas32_references())
 
 
 def is_reference(model: object) -> bool:
