@@ -110,10 +110,20 @@ _MPQ_FLAGS = {  # argparse dest -> (config field, value transform)
 }
 
 
+_QVDIT_FLAGS = {  # argparse dest -> (QVDiTConfig field, value transform)
+    "tqe": ("tqe", None),
+    "tqe_m": ("tqe_m", None),
+    "tmd": ("tmd", None),
+    "qvdit_lora": ("lora", None),
+    "vidit_mlp8": ("vidit_mlp8", None),
+    "tmd_released_split": ("tmd_released_split", None),
+}
+
+
 def quantize_options(args: argparse.Namespace) -> dict:
-    """The mpqdm/mpqdmv2 switches given on the command line, as config field -> value."""
+    """The method switches given on the command line, as config field -> value."""
     out = {}
-    for dest, (name, fn) in _MPQ_FLAGS.items():
+    for dest, (name, fn) in {**_MPQ_FLAGS, **_QVDIT_FLAGS}.items():
         value = getattr(args, dest, None)
         if value is not None:
             out[name] = fn(value) if fn else value
@@ -180,12 +190,13 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser(
-        "quantize", help="quantize a model (ptq | efficientdm | mpqdm | mpqdmv2) and save a quantized folder"
+        "quantize",
+        help="quantize a model (ptq | efficientdm | mpqdm | mpqdmv2 | qvdit) and save a quantized folder",
     )
     p.add_argument(
         "--model", required=True, help="'reference[:NAME]', a local diffusers model or pipeline folder"
     )
-    p.add_argument("--method", required=True, choices=["ptq", "efficientdm", "mpqdm", "mpqdmv2"])
+    p.add_argument("--method", required=True, choices=["ptq", "efficientdm", "mpqdm", "mpqdmv2", "qvdit"])
     p.add_argument("--bits", required=True, help="W<1-8>A<1-8|16>, e.g. W8A8, W4A8, W2A4")
     p.add_argument("--recipe", help="a recipe JSON file (overrides the default recipe for --bits)")
     p.add_argument(
@@ -221,6 +232,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
         help="auto (CUDA when available), cpu or cuda: where calibration and fine-tuning run",
     )
     _add_mpq_switches(p)
+    _add_qvdit_switches(p)
     p.set_defaults(func=_cmd_quantize)
 
     from edgediff.distill.cli import add_distill_command
@@ -248,6 +260,26 @@ def _add_mpq_switches(p: argparse.ArgumentParser) -> None:
     g.add_argument("--oolri-iters", type=positive_int("--oolri-iters"), help="mpqdmv2 SVD alternations")
     g.add_argument("--no-mtrd", dest="mtrd", action="store_const", const=False, help="mpqdmv2: no MTRD")
     g.add_argument("--mtrd-time", choices=["none", "window", "weight"], help="mpqdmv2 time-aware queue")
+
+
+def _add_qvdit_switches(p: argparse.ArgumentParser) -> None:
+    """Ablation switches of qvdit (docs/methods.md 3.4); unset = the method's default."""
+    g = p.add_argument_group("qvdit switches (default: all parts on)")
+    g.add_argument("--no-tqe", dest="tqe", action="store_const", const=False, help="no TQE branch")
+    g.add_argument("--no-tqe-m", dest="tqe_m", action="store_const", const=False, help="TQE with M = 1")
+    g.add_argument("--no-tmd", dest="tmd", action="store_const", const=False, help="plain MSE, no TMD term")
+    g.add_argument(
+        "--no-lora", dest="qvdit_lora", action="store_const", const=False, help="no merged rank-32 LoRA"
+    )
+    g.add_argument(
+        "--vidit-mlp8", action="store_const", const=True, help="ViDiT-Q: MLPs at W8A8 when weights <= 4 bits"
+    )
+    g.add_argument(
+        "--tmd-released-split",
+        action="store_const",
+        const=True,
+        help="TMD frames by the released code's bare reshape (mixes channels and frames)",
+    )
 
 
 def run_command(args: argparse.Namespace, handled: tuple[type[BaseException], ...] = ()) -> int:

@@ -14,7 +14,7 @@ import torch
 from edgediff.errors import EdgediffError
 from edgediff.models.conditioning import ConditioningRequest
 
-METHODS = ("ptq", "efficientdm", "mpqdm", "mpqdmv2")
+METHODS = ("ptq", "efficientdm", "mpqdm", "mpqdmv2", "qvdit")
 
 
 def quantize_model(
@@ -119,6 +119,13 @@ def quantize_model(
             qmodel, recipe, record = run_efficientdm(
                 fp, sched_cfg, bits, recipe, base, progress, conditioning=cond, guidance_scale=guidance
             )
+        elif method == "qvdit":
+            from edgediff.methods.qvdit import QVDiTConfig, run_qvdit
+
+            qcfg = QVDiTConfig(base=base, **options)
+            qmodel, recipe, record = run_qvdit(
+                fp, sched_cfg, bits, recipe, qcfg, progress, conditioning=cond, guidance_scale=guidance
+            )
         elif method == "mpqdm":
             from edgediff.methods.mpqdm import MPQDMConfig, run_mpqdm
 
@@ -180,17 +187,15 @@ def _check_options(method: str, options: dict) -> None:
     """Every option must be a field of the method's config (one-line error naming the first misfit)."""
     if not options:
         return
-    if method not in ("mpqdm", "mpqdmv2"):
-        raise EdgediffError(
-            f"option {next(iter(options))!r} applies to mpqdm/mpqdmv2 only; drop it for --method {method}"
-        )
     from dataclasses import fields
 
     from edgediff.methods.mpqdm import MPQDMConfig
     from edgediff.methods.mpqdmv2 import MPQDMv2Config
+    from edgediff.methods.qvdit import QVDiTConfig
 
-    cls = MPQDMConfig if method == "mpqdm" else MPQDMv2Config
-    names = {f.name for f in fields(cls)} - {"base"}
+    configs = {"mpqdm": MPQDMConfig, "mpqdmv2": MPQDMv2Config, "qvdit": QVDiTConfig}
+    names = {m: {f.name for f in fields(cls)} - {"base"} for m, cls in configs.items()}
     for key in options:
-        if key not in names:
-            raise EdgediffError(f"option {key!r} applies to mpqdmv2 only; use --method mpqdmv2 or drop it")
+        if key not in names.get(method, set()):
+            owners = "/".join(m for m, n in names.items() if key in n) or "no method"
+            raise EdgediffError(f"option {key!r} applies to {owners} only; drop it for --method {method}")

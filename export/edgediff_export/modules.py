@@ -140,6 +140,11 @@ class ExportQuantLayer(nn.Module):
         # Low-rank FP branch (docs/methods.md 3.7):
         # kept as MatMuls/convs on the quantized input (+ per-frame Mul).
         self.has_lowrank = spec.lowrank is not None
+        if spec.tqe is not None:
+            raise ExportError(
+                f"layer {spec.name}: the Q-VDiT TQE branch has no exporter yet (docs/methods.md 3.7); "
+                "export a model quantized without it (edgediff quantize --method qvdit --no-tqe)"
+            )
         if spec.lowrank is not None:
             self.register_buffer("lr_A", spec.lowrank.A.float().clone())
             self.register_buffer("lr_B", spec.lowrank.B.float().clone())
