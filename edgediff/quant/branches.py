@@ -241,8 +241,7 @@ def tqe_apply(
     """
     u = xq @ alpha.to(xq.dtype)
     if use_m:
-        with torch.no_grad():
-            m = tqe_frame_scale(x, xq, frames, layout, tokens)
+        m = tqe_frame_scale(x.detach(), xq.detach(), frames, layout, tokens)
         u = u * frame_scale_to_tokens(m, u, layout, tokens).to(u.dtype)
     return u @ beta.to(u.dtype).t()
 
