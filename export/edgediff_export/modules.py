@@ -142,8 +142,9 @@ class ExportQuantLayer(nn.Module):
         self.has_lowrank = spec.lowrank is not None
         # Q-VDiT TQE branch (docs/methods.md 3.7): MatMul(X̂, α) -> Mul(M) -> MatMul(·, βᵀ) -> Add, with M
         # computed in the graph from the (pre-scaled) input and X̂ (standard ops only).
-        self.tqe = spec.tqe
-        if spec.tqe is not None:
+        t = spec.tqe
+        self.tqe = None if t is None else (t.frames, t.layout, t.tokens, t.use_m)
+        if t is not None:
             self.register_buffer("tqe_alpha", spec.tqe.alpha.float().clone())
             self.register_buffer("tqe_beta", spec.tqe.beta.float().clone())
         if spec.lowrank is not None:
@@ -292,10 +293,7 @@ class ExportQuantLayer(nn.Module):
             y = self._op(xq, w, self.bias)
         y = self._branches(xq, y)
         if self.tqe is not None:
-            t = self.tqe
-            y = y + tqe_apply(
-                self._prescale(x), xq, self.tqe_alpha, self.tqe_beta, t.frames, t.layout, t.tokens, t.use_m
-            )
+            y = y + tqe_apply(self._prescale(x), xq, self.tqe_alpha, self.tqe_beta, *self.tqe)
         if self.out_q:
             y = qdq(y, self.out_scale, self.out_zero, 0, 255)
         return y
