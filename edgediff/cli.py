@@ -117,6 +117,7 @@ _QVDIT_FLAGS = {  # argparse dest -> (QVDiTConfig field, value transform)
     "qvdit_lora": ("lora", None),
     "vidit_mlp8": ("vidit_mlp8", None),
     "tmd_released_split": ("tmd_released_split", None),
+    "tmd_blocks": ("tmd_blocks", None),
 }
 
 
@@ -279,6 +280,9 @@ def _add_qvdit_switches(p: argparse.ArgumentParser) -> None:
         action="store_const",
         const=True,
         help="TMD frames by the released code's bare reshape (mixes channels and frames)",
+    )
+    g.add_argument(
+        "--tmd-blocks", action="store_const", const=True, help="TMD also on every temporal block's output"
     )
 
 

@@ -21,8 +21,10 @@ from torch import Tensor, nn
 from edgediff.errors import EdgediffError
 from edgediff.methods.common import sample_shape
 from edgediff.methods.efficientdm import EfficientDMConfig, finetune
+from edgediff.methods.trd import FeatureTap
 from edgediff.models.conditioning import Conditioning
 from edgediff.quant import LayerQuant, LoRASpec, Recipe, calibrate, collect_calibration, parse_bits, quantize_
+from edgediff.quant.branches import frame_blocks
 from edgediff.quant.recipe import TQESpec
 
 VIDEO_CLASSES = ("LatteTransformer3DModel",)
@@ -40,7 +42,8 @@ class QVDiTConfig:
     EfficientDM rank-`base.lora_rank` LoRA merged before weight quantization; `vidit_mlp8`:
     ViDiT-Q's mixed setting (MLP linears at W8A8 when the weights have <= 4 bits);
     `tmd_released_split`: the released code's frame split (a bare reshape of `[B, C, F, H, W]`
-    to `[B, F, -1]`, which mixes channels and frames) instead of the paper's permute.
+    to `[B, F, -1]`, which mixes channels and frames) instead of the paper's permute;
+    `tmd_blocks`: also the TMD term on every temporal block's output (`BlockTMD`).
     """
 
     base: EfficientDMConfig = field(default_factory=EfficientDMConfig)
@@ -53,6 +56,7 @@ class QVDiTConfig:
     tqe_lr: float = 1e-3
     tmd_weight: float = 100.0
     tmd_released_split: bool = False
+    tmd_blocks: bool = False
     schedule: str = "cosine"
 
     def __post_init__(self):
@@ -81,19 +85,25 @@ def frame_features(s: Tensor, released_split: bool = False) -> Tensor:
     return s.permute(0, 2, 1, 3, 4).reshape(b, f, -1)
 
 
-def frame_relation(s: Tensor, released_split: bool = False) -> Tensor:
-    """`log D` with `D_i = softmax_j(T_ij)`, `T_ij = cos(S_i, S_j)`: `[B, F, F]` log-probabilities."""
-    v = frame_features(s.float(), released_split)
+def frame_relation(v: Tensor) -> Tensor:
+    """`log D` with `D_i = softmax_j(T_ij)`, `T_ij = cos(S_i, S_j)`, for frame blocks `v` `[B, F, K]`."""
+    v = v.float()
     v = v / v.norm(dim=-1, keepdim=True).clamp(min=_EPS)
     return torch.log_softmax(v @ v.transpose(1, 2), dim=-1)
 
 
-def temporal_kl(s_fp: Tensor, s_q: Tensor, released_split: bool = False) -> Tensor:
-    """`L_temporal = Σ_i KL(D_i^FP ‖ D_i^Q)` (teacher first), summed over frames, batch mean."""
-    log_p = frame_relation(s_fp.detach(), released_split)
-    log_q = frame_relation(s_q, released_split)
+def relation_kl(v_fp: Tensor, v_q: Tensor) -> Tensor:
+    """`Σ_i KL(D_i^FP ‖ D_i^Q)` (teacher first) for frame blocks `[B, F, K]`, summed over frames,
+    batch mean; the FP side carries no gradient."""
+    log_p = frame_relation(v_fp.detach())
+    log_q = frame_relation(v_q)
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1)  # (B, F)
     return kl.sum(dim=-1).mean()
+
+
+def temporal_kl(s_fp: Tensor, s_q: Tensor, released_split: bool = False) -> Tensor:
+    """`L_temporal` (paper Eq. 10-19) between video outputs `[B, C, F, H, W]`."""
+    return relation_kl(frame_features(s_fp, released_split), frame_features(s_q, released_split))
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,38 @@ class TMDLoss:
         if not self.weight:
             return mse
         return mse + self.weight * temporal_kl(s_fp, s_q, self.released_split).to(mse.dtype)
+
+
+class BlockTMD:
+    """Optional TMD on block outputs: the `extra_loss` of `finetune`, `γ·Σ_blocks L_temporal` over
+    the outputs `(B·N, F, C)` of every temporal transformer block, FP and quantized model seeing
+    the same step (forward hooks; the FP forward of the trajectory stream runs first)."""
+
+    def __init__(self, model: nn.Module, fp: nn.Module, weight: float = 100.0):
+        self.frames, self.tokens = video_geometry(fp)
+        self.weight = weight
+        names = [f"{TEMPORAL_BLOCKS}.{i}" for i in range(len(fp.get_submodule(TEMPORAL_BLOCKS)))]
+        self.fp_taps = [FeatureTap(fp.get_submodule(n), detach=True) for n in names]
+        self.q_taps = [FeatureTap(model.get_submodule(n)) for n in names]
+        self.total, self.count = 0.0, 0
+
+    def _blocks(self, h: Tensor) -> Tensor:
+        return frame_blocks(h, self.frames, "temporal", self.tokens)
+
+    def __call__(self, step: int, x: Tensor, t: Tensor) -> Tensor:
+        if any(tap.value is None for tap in (*self.fp_taps, *self.q_taps)):
+            raise EdgediffError("temporal block hooks saw no forward pass; run both models before the loss")
+        loss = sum(
+            relation_kl(self._blocks(f.value), self._blocks(q.value))
+            for f, q in zip(self.fp_taps, self.q_taps)
+        )
+        self.total += float(loss.detach())
+        self.count += 1
+        return self.weight * loss
+
+    def close(self) -> None:
+        for tap in (*self.fp_taps, *self.q_taps):
+            tap.remove()
 
 
 # ---------------------------------------------------------------- recipe
@@ -234,24 +276,33 @@ def run_qvdit(
     recipe = recipe or qvdit_recipe(bits, fp, cfg)
     model = prepare(fp, scheduler_config, bits, recipe, cfg, progress, conditioning, guidance_scale)
     loss = TMDLoss(cfg.tmd_weight, cfg.tmd_released_split) if cfg.tmd else None
-    record = finetune(
-        model,
-        fp,
-        scheduler_config,
-        cfg.base,
-        progress=progress,
-        description="qvdit",
-        groups=param_groups(model, cfg),
-        conditioning=conditioning,
-        guidance_scale=guidance_scale,
-        task_loss=loss,
-        schedule=cfg.schedule,
-    )
+    blocks = BlockTMD(model, fp, cfg.tmd_weight) if cfg.tmd_blocks else None
+    try:
+        record = finetune(
+            model,
+            fp,
+            scheduler_config,
+            cfg.base,
+            extra_loss=blocks,
+            progress=progress,
+            description="qvdit",
+            groups=param_groups(model, cfg),
+            conditioning=conditioning,
+            guidance_scale=guidance_scale,
+            task_loss=loss,
+            schedule=cfg.schedule,
+        )
+    finally:
+        if blocks is not None:
+            blocks.close()
+    if blocks is not None and blocks.count:
+        record["tmd_blocks_mean"] = blocks.total / blocks.count
     record["method_config"] = asdict(cfg)
     return model, recipe, record
 
 
 __all__ = [
+    "BlockTMD",
     "QVDiTConfig",
     "TMDLoss",
     "frame_features",
@@ -259,6 +310,7 @@ __all__ = [
     "param_groups",
     "prepare",
     "qvdit_recipe",
+    "relation_kl",
     "run_qvdit",
     "temporal_kl",
     "video_geometry",

@@ -9,6 +9,7 @@ import torch
 from edgediff.errors import EdgediffError
 from edgediff.methods.efficientdm import EfficientDMConfig, finetune
 from edgediff.methods.qvdit import (
+    BlockTMD,
     QVDiTConfig,
     TMDLoss,
     frame_features,
@@ -20,7 +21,7 @@ from edgediff.methods.qvdit import (
 )
 from edgediff.models.call import denoise
 from edgediff.models.conditioning import Conditioning
-from edgediff.quant import quant_layers, quantize_
+from edgediff.quant import quant_disabled, quant_layers, quantize_
 from edgediff_export.cli import main
 
 from ..models.tiny import DDPM_SCHEDULER, cond_file, dit, latte, save_pipeline_folder
@@ -142,15 +143,41 @@ def test_tiny_latte_finetune_reduces_the_loss_and_stays_finite():
     assert any(b.abs().sum() > 0 for b in betas)  # the branches trained away from zero
 
 
+def test_block_tmd_sees_both_models_and_trains_the_quantized_one():
+    fp = latte()
+    cfg = QVDiTConfig(base=SMALL)
+    cond = _cond()
+    model = prepare(fp, DDPM_SCHEDULER, "W4A6", qvdit_recipe("W4A6", fp, cfg), cfg, False, cond)
+    terms = BlockTMD(model, fp, weight=100.0)
+    try:
+        x, t = torch.randn(2, 1, 8, 16, 16), torch.tensor([900, 300])
+        with torch.no_grad():
+            denoise(fp, x, t, cond.values)
+        denoise(model, x, t, cond.values)
+        assert len(terms.fp_taps) == 2 and terms.fp_taps[0].value.shape == (2 * 64, 8, 16)
+        loss = terms(0, x, t)
+        assert float(loss.detach()) > 0 and torch.isfinite(loss.detach())
+        loss.backward()
+        lora_b = quant_layers(model)["transformer_blocks.0.attn1.to_q"].lora.B
+        assert lora_b.grad is not None and lora_b.grad.abs().sum() > 0
+        # quantizers off (LoRA B = 0, TQE beta = 0): the model is the FP model, the term vanishes
+        with torch.no_grad(), quant_disabled(model):
+            denoise(model, x, t, cond.values)
+            assert float(terms(0, x, t)) == pytest.approx(0.0, abs=1e-5)
+    finally:
+        terms.close()
+
+
 def test_run_qvdit_ablation_switches_reach_the_model():
     fp = latte()
-    cfg = QVDiTConfig(base=SMALL, tqe_m=False, tmd=False, lora=False)
+    cfg = QVDiTConfig(base=SMALL, tqe_m=False, tmd=False, lora=False, tmd_blocks=True)
     model, recipe, record = run_qvdit(
         fp, DDPM_SCHEDULER, "W4A6", cfg=cfg, progress=False, conditioning=_cond()
     )
     layer = quant_layers(model)["temporal_transformer_blocks.0.attn1.to_q"]
     assert layer.lora is None and layer.tqe is not None and layer.tqe.use_m is False
     assert record["method_config"]["tmd"] is False and record["updates"] == 8
+    assert record["tmd_blocks_mean"] >= 0 and math.isfinite(record["tmd_blocks_mean"])
     assert math.isfinite(record["loss_last_50"])
 
 
