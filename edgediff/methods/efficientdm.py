@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -105,6 +106,8 @@ def finetune(
     on_step=None,
     conditioning: Conditioning | None = None,
     guidance_scale: float | None = None,
+    task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    schedule: str = "linear",
 ) -> dict:
     """Distil `fp` into the quantized `model` along FP trajectories; returns the training record.
 
@@ -112,6 +115,8 @@ def finetune(
     hooks on both models see the FP and quantized features of the same step); `groups`
     replaces `param_groups(model, cfg)`; `on_step(update, model)` runs before every update.
     `conditioning`/`guidance_scale` condition the FP trajectories (`TrajectoryStream`).
+    `task_loss(quantized_output, fp_output)` replaces the MSE (Q-VDiT's TMD); `schedule` is the
+    learning-rate decay (`LoopConfig.schedule`).
     """
     seed_everything(cfg.seed)
     for p in fp.parameters():
@@ -131,7 +136,7 @@ def finetune(
         LoopConfig(
             steps=cfg.updates,
             lr=cfg.lora_lr,
-            schedule="linear",
+            schedule=schedule,
             grad_clip=None,
             seed=cfg.seed,
             progress=progress,
@@ -148,7 +153,7 @@ def finetune(
             on_step(update, loop.model)
         step, x, t, target = stream.next()
         out = quant_forward(loop.model, x, t, step, stream.cond)
-        loss = F.mse_loss(out, target)
+        loss = F.mse_loss(out, target) if task_loss is None else task_loss(out, target)
         if extra_loss is not None:
             loss = loss + extra_loss(step, x, t)
         return loss

@@ -166,3 +166,116 @@ def lowrank_apply(xq: Tensor, A: Tensor, B: Tensor, M: Tensor | None) -> Tensor:
         )
     y = y.reshape(*y.shape[:-2], t, n // t, y.shape[-1]) * M.reshape(t, 1, 1)
     return y.reshape(*y.shape[:-3], n, y.shape[-1])
+
+
+# ---------------------------------------------------------------- Q-VDiT TQE (docs/methods.md 3.2)
+
+_TQE_EPS = 1e-12
+
+
+def frame_blocks(x: Tensor, frames: int, layout: str, tokens: int | None = None) -> Tensor:
+    """A linear input regrouped as `(B, F, K)`: per sample, one flat block per frame.
+
+    `spatial`: `x` is `(B·F, N, C)` with row `b·F + f` (diffusers' Latte spatial blocks), so the
+    rows of one sample are consecutive and the frame is the minor index. `temporal`: `x` is
+    `(B·N, F, C)` with row `b·N + n` (Latte temporal blocks): `(B, N, F, C)` is permuted to
+    `(B, F, N, C)` before flattening, so a frame block holds that frame's N tokens.
+    """
+    if layout == "spatial":
+        if x.shape[0] % frames:
+            raise EdgediffError(
+                f"{x.shape[0]} rows do not split into {frames} frames; "
+                "set the TQE frame count to the video's"
+            )
+        return x.reshape(x.shape[0] // frames, frames, -1)
+    if layout == "temporal":
+        if x.dim() < 3 or x.shape[-2] != frames or tokens is None or x.shape[0] % tokens:
+            raise EdgediffError(
+                f"temporal TQE input {tuple(x.shape)} is not (B·{tokens}, {frames}, C); "
+                "set TQESpec.frames/tokens from the model config"
+            )
+        b = x.shape[0] // tokens
+        return x.reshape(b, tokens, frames, -1).permute(0, 2, 1, 3).reshape(b, frames, -1)
+    raise EdgediffError(f"unknown TQE layout {layout!r}: use spatial or temporal")
+
+
+def tqe_frame_scale(x: Tensor, xq: Tensor, frames: int, layout: str, tokens: int | None = None) -> Tensor:
+    """`M_i = η_i / ω_i` per sample and frame, `(B, F)` (docs/methods.md 3.2, paper Eq. 9).
+
+    `η = softmax_i(1 − cos(X_i, Q(X)_i))` over the frames of a sample, `ω_i = Σ|X_i| / Σ|X|`
+    (frame i's share of the sample's absolute activation mass); `X_i` is frame i's flat block.
+    """
+    xf = frame_blocks(x.float(), frames, layout, tokens)
+    qf = frame_blocks(xq.float(), frames, layout, tokens)
+    dot = (xf * qf).sum(dim=-1)
+    norm = xf.square().sum(dim=-1).sqrt() * qf.square().sum(dim=-1).sqrt()
+    cos = dot / norm.clamp(min=_TQE_EPS)
+    eta = torch.softmax(1.0 - cos, dim=-1)
+    mass = xf.abs().sum(dim=-1)
+    omega = mass / mass.sum(dim=-1, keepdim=True).clamp(min=_TQE_EPS)
+    return eta / omega.clamp(min=_TQE_EPS)
+
+
+def frame_scale_to_tokens(m: Tensor, like: Tensor, layout: str, tokens: int | None = None) -> Tensor:
+    """Broadcast `M` `(B, F)` back onto the token layout of `like` (shape `(rows, F|N, 1)`)."""
+    b, f = m.shape
+    if layout == "spatial":
+        return m.reshape(b * f, *([1] * (like.dim() - 1)))
+    return m.reshape(b, 1, f, 1).expand(b, tokens, f, 1).reshape(b * tokens, f, 1)
+
+
+def tqe_apply(
+    x: Tensor,
+    xq: Tensor,
+    alpha: Tensor,
+    beta: Tensor,
+    frames: int,
+    layout: str,
+    tokens: int | None = None,
+    use_m: bool = True,
+) -> Tensor:
+    """TQE branch `Δ·βᵀ` with `Δ_i = (M_i·Q(X)_i)·α` per frame i (docs/methods.md 3.2, Eq. 7-8).
+
+    `alpha` (Cin, r), `beta` (Cout, r). `M` is computed from this input (no gradient: it is a
+    statistic of the input like the dynamic activation ranges); `use_m=False` gives `M = 1`.
+    """
+    u = xq @ alpha.to(xq.dtype)
+    if use_m:
+        m = tqe_frame_scale(x.detach(), xq.detach(), frames, layout, tokens)
+        u = u * frame_scale_to_tokens(m, u, layout, tokens).to(u.dtype)
+    return u @ beta.to(u.dtype).t()
+
+
+class TQEBranch(nn.Module):
+    """Q-VDiT's token-aware quantization estimator on a linear layer (docs/methods.md 3.2).
+
+    `alpha` (Cin, r) Kaiming-uniform (fan-in Cin, a = √5, as LoRA's A), `beta` (Cout, r) zeros,
+    so the branch is zero until trained. `frames`/`layout`/`tokens`/`use_m` as in `tqe_apply`.
+    """
+
+    def __init__(
+        self,
+        weight_shape: tuple[int, ...],
+        frames: int,
+        layout: str,
+        tokens: int | None = None,
+        rank: int = 1,
+        use_m: bool = True,
+    ):
+        super().__init__()
+        if len(weight_shape) != 2:
+            raise EdgediffError("the TQE branch needs a linear layer; drop tqe= for conv layers")
+        if rank < 1:
+            raise EdgediffError(f"TQE rank must be >= 1, got {rank}")
+        cout, cin = weight_shape
+        self.frames, self.layout, self.tokens, self.use_m = frames, layout, tokens, use_m
+        self.alpha = nn.Parameter(torch.empty(cin, rank))
+        self.beta = nn.Parameter(torch.zeros(cout, rank))
+        nn.init.kaiming_uniform_(self.alpha.data.t(), a=math.sqrt(5))
+
+    def forward(self, x: Tensor, xq: Tensor) -> Tensor:
+        """Branch output for the layer's (pre-quantization) input `x` and quantized input `xq`."""
+        return tqe_apply(x, xq, self.alpha, self.beta, self.frames, self.layout, self.tokens, self.use_m)
+
+    def extra_repr(self) -> str:
+        return f"frames={self.frames}, layout={self.layout}, rank={self.alpha.shape[1]}, m={self.use_m}"

@@ -2,7 +2,8 @@
 
 Forward (docs/methods.md 1.2(5), 2.1, 3.2, 6.6, 6.7):
 `W̃ = (W + ΔW_merged)·diag(δ)`, `Ŵ = Q_w(W̃) [+ α·sign(W̃ − Q_w(W̃))] [+ ΔW_additive] [+ B·A]`,
-`X̂ = Q_a(X·diag(δ)^-1)`, `y = X̂ ⊛ Ŵ + bias [+ M ⊙ (X̂·Aᵀ·Bᵀ)]`.
+`X̂ = Q_a(X·diag(δ)^-1)`, `y = X̂ ⊛ Ŵ + bias [+ M ⊙ (X̂·Aᵀ·Bᵀ)] [+ ((M ⊙ X̂)·α)·βᵀ]`; the last
+term is Q-VDiT's TQE branch (docs/methods.md 3.2), whose `M` is computed from `X` and `X̂`.
 The FP branches (additive LoRA, low-rank without M) act on the same `X̂` as the main weight,
 so they are added to the weight (one GEMM/conv); the per-frame branch runs separately.
 """
@@ -17,11 +18,18 @@ from torch import Tensor, nn
 
 from edgediff.errors import EdgediffError
 from edgediff.quant.branches import BinaryResidual as _BinaryResidual
-from edgediff.quant.branches import LoRA, LowRankBranch, Smooth
+from edgediff.quant.branches import LoRA, LowRankBranch, Smooth, TQEBranch
 from edgediff.quant.mixed import kurtosis, top_channels
 from edgediff.quant.quantizers import ActQuantizer, WeightQuantizer
 from edgediff.quant.recipe import LayerQuant
-from edgediff.quant.spec import ActSpec, LoRAFactors, LowRankFactors, QuantLayerSpec, ResidualCodes
+from edgediff.quant.spec import (
+    ActSpec,
+    LoRAFactors,
+    LowRankFactors,
+    QuantLayerSpec,
+    ResidualCodes,
+    TQEFactors,
+)
 
 _SMOOTH_EPS = 1e-5
 
@@ -61,6 +69,10 @@ class QuantLayer(nn.Module, abc.ABC):
             if config.lowrank is None
             else LowRankBranch(shape, config.lowrank.rank, config.lowrank.frames)
         )
+        t = config.tqe
+        self.tqe = (
+            None if t is None else TQEBranch(shape, t.frames, t.layout, t.tokens, t.rank, t.m)
+        )
         self.to(self.weight.device)
         self.init_weight_range("minmax")
 
@@ -91,17 +103,22 @@ class QuantLayer(nn.Module, abc.ABC):
             w = w + self.lowrank.weight()
         return w.to(self.weight.dtype)
 
+    def _prescale(self, x: Tensor) -> Tensor:
+        return x if self.smooth is None else self.smooth.scale_input(x, self.channel_dim)
+
     def quantize_input(self, x: Tensor) -> Tensor:
         """`X̂ = Q_a(X·diag(δ)^-1)`."""
-        if self.smooth is not None:
-            x = self.smooth.scale_input(x, self.channel_dim)
+        x = self._prescale(x)
         return x if self.act_quant is None else self.act_quant(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        xq = self.quantize_input(x)
+        xs = self._prescale(x)
+        xq = xs if self.act_quant is None else self.act_quant(xs)
         y = self._op(xq, self.quantized_weight())
         if self.lowrank is not None and self.lowrank.M is not None:
             y = y + self.lowrank(xq).to(y.dtype)
+        if self.tqe is not None:
+            y = y + self.tqe(xs, xq).to(y.dtype)
         return y
 
     # ------------------------------------------------------------ initialisation
@@ -186,6 +203,13 @@ class QuantLayer(nn.Module, abc.ABC):
             lowrank = LowRankFactors(
                 A=_clone(self.lowrank.A), B=_clone(self.lowrank.B), M=_clone(self.lowrank.M)
             )
+        tqe = None
+        if self.tqe is not None:
+            b = self.tqe
+            tqe = TQEFactors(
+                alpha=_clone(b.alpha), beta=_clone(b.beta), frames=b.frames, layout=b.layout,
+                tokens=b.tokens, use_m=b.use_m,
+            )
         return QuantLayerSpec(
             name=self.name,
             kind=self.kind,
@@ -201,6 +225,7 @@ class QuantLayer(nn.Module, abc.ABC):
             residual=residual,
             lowrank=lowrank,
             lora=lora,
+            tqe=tqe,
             **self._conv_fields(),
         )
 

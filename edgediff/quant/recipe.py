@@ -25,6 +25,7 @@ from edgediff.quant.ranges import RANGE_METHODS as W_RANGES
 
 A_RANGES = ("lp", "minmax")
 RESIDUAL_SELECTIONS = ("kurtosis", "error")
+TQE_LAYOUTS = ("spatial", "temporal")
 RECIPE_FORMAT = 1
 
 
@@ -78,6 +79,29 @@ class LowRankSpec:
 
 
 @dataclass(frozen=True)
+class TQESpec:
+    """Q-VDiT's token-aware quantization estimator (docs/methods.md 3.2): rank-`rank` FP branch
+    `(M ⊙ Q(X))·α·βᵀ` with the per-frame factor `M` of Eq. 9 computed from each input (`m=False`:
+    `M = 1`). `layout` says where the frames are in the layer input: `spatial` = `(B·F, N, C)`,
+    rows sample-major (`b·F + f`); `temporal` = `(B·N, F, C)`, frames on dim -2, rows `b·N + n`,
+    which needs `tokens` = N to group the rows of one sample."""
+
+    frames: int
+    layout: str = "spatial"
+    tokens: int | None = None
+    rank: int = 1
+    m: bool = True
+
+    def __post_init__(self):
+        _choice(self.layout, TQE_LAYOUTS, "TQE layout")
+        for what, v in (("frames", self.frames), ("rank", self.rank)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise EdgediffError(f"TQE {what} must be a positive int, got {v!r}")
+        if self.layout == "temporal" and (not isinstance(self.tokens, int) or self.tokens < 1):
+            raise EdgediffError("a temporal-layout TQE needs tokens= (spatial tokens per frame)")
+
+
+@dataclass(frozen=True)
 class LayerQuant:
     """How to quantize one layer. `w_bits`: int or one int per output channel (1..8).
     `a_bits=None` keeps the input FP. `smooth` adds the per-input-channel pre-scale δ
@@ -97,6 +121,7 @@ class LayerQuant:
     a_range: str = "lp"
     smooth: bool = False
     w_symmetric: bool = False
+    tqe: TQESpec | None = None
 
     def __post_init__(self):
         if isinstance(self.w_bits, list):
@@ -119,6 +144,8 @@ class LayerQuant:
                 raise EdgediffError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         if self.w_granularity == "per_tensor" and isinstance(self.w_bits, tuple):
             raise EdgediffError("per-channel bit vectors need w_granularity='per_channel'")
+        if self.tqe is not None and self.lowrank is not None:
+            raise EdgediffError("a layer takes a TQE branch or a low-rank branch, not both; drop one")
 
     @classmethod
     def parse(cls, setting: BitSetting | str, **overrides: Any) -> LayerQuant:
@@ -144,7 +171,8 @@ class LayerQuant:
     @classmethod
     def from_dict(cls, d: dict) -> LayerQuant:
         d = dict(d)
-        for key, sub in (("residual", ResidualSpec), ("lora", LoRASpec), ("lowrank", LowRankSpec)):
+        subs = (("residual", ResidualSpec), ("lora", LoRASpec), ("lowrank", LowRankSpec), ("tqe", TQESpec))
+        for key, sub in subs:
             if d.get(key) is not None:
                 d[key] = sub(**d[key])
         return cls(**d)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from edgediff.errors import EdgediffError
-from edgediff.quant.branches import lora_delta, lowrank_apply
+from edgediff.quant.branches import lora_delta, lowrank_apply, tqe_apply
 from edgediff.quant.primitives import dynamic_token_params, fake_quant_math
 
 
@@ -59,6 +59,22 @@ class LowRankFactors:
 
 
 @dataclass(frozen=True)
+class TQEFactors:
+    """Q-VDiT TQE branch `((M ⊙ X̂)·α)·βᵀ`, `M` per frame from the input (docs/methods.md 3.2, 3.7)."""
+
+    alpha: Tensor  # (Cin, r)
+    beta: Tensor  # (Cout, r)
+    frames: int
+    layout: str  # spatial | temporal (edgediff.quant.branches.frame_blocks)
+    tokens: int | None
+    use_m: bool
+
+    def apply(self, x: Tensor, xq: Tensor) -> Tensor:
+        """The branch output for the (pre-quantization) input `x` and the quantized input `xq`."""
+        return tqe_apply(x, xq, self.alpha, self.beta, self.frames, self.layout, self.tokens, self.use_m)
+
+
+@dataclass(frozen=True)
 class LoRAFactors:
     """Additive LoRA (docs/methods.md 6.7): weight `B·A` (per kernel tap for conv) on the quantized input."""
 
@@ -93,6 +109,7 @@ class QuantLayerSpec:
     residual: ResidualCodes | None
     lowrank: LowRankFactors | None
     lora: LoRAFactors | None  # additive LoRA only; merged LoRA is folded into the codes
+    tqe: TQEFactors | None = None  # Q-VDiT TQE branch (runs beside the integer GEMM)
 
 
 def _col(v: Tensor, ndim: int) -> Tensor:
@@ -119,12 +136,17 @@ def dequant_weight(spec: QuantLayerSpec) -> Tensor:
     return w
 
 
+def _prescale(spec: QuantLayerSpec, x: Tensor) -> Tensor:
+    if spec.smooth is None:
+        return x
+    shape = [1] * x.dim()
+    shape[-1 if spec.kind == "linear" else 1] = -1
+    return x / spec.smooth.reshape(shape)
+
+
 def dequant_input(spec: QuantLayerSpec, x: Tensor, step: int | None = None) -> Tensor:
     """Smoothing division and activation fake quantization of the layer input."""
-    if spec.smooth is not None:
-        shape = [1] * x.dim()
-        shape[-1 if spec.kind == "linear" else 1] = -1
-        x = x / spec.smooth.reshape(shape)
+    x = _prescale(spec, x)
     a = spec.act
     if a is None:
         return x
@@ -152,4 +174,6 @@ def dequant(spec: QuantLayerSpec, x: Tensor, step: int | None = None) -> Tensor:
         y = F.conv2d(xq, w, spec.bias, spec.stride, spec.padding, spec.dilation, spec.groups)
     if spec.lowrank is not None and spec.lowrank.M is not None:
         y = y + lowrank_apply(xq, spec.lowrank.A, spec.lowrank.B, spec.lowrank.M)
+    if spec.tqe is not None:
+        y = y + spec.tqe.apply(_prescale(spec, x), xq).to(y.dtype)
     return y

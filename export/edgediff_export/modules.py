@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgediff.quant import QuantLayer, quant_layers
-from edgediff.quant.branches import lowrank_apply
+from edgediff.quant.branches import lowrank_apply, tqe_apply
 from edgediff.quant.spec import QuantLayerSpec
 from edgediff_export.errors import ExportError
 from edgediff_export.signs import pack_signs
@@ -135,6 +135,13 @@ class ExportQuantLayer(nn.Module):
         # Low-rank FP branch (docs/methods.md 3.7):
         # kept as MatMuls/convs on the quantized input (+ per-frame Mul).
         self.has_lowrank = spec.lowrank is not None
+        # Q-VDiT TQE branch (docs/methods.md 3.7): MatMul(X̂, α) -> Mul(M) -> MatMul(·, βᵀ) -> Add, with M
+        # computed in the graph from the (pre-scaled) input and X̂ (standard ops only).
+        t = spec.tqe
+        self.tqe = None if t is None else (t.frames, t.layout, t.tokens, t.use_m)
+        if t is not None:
+            self.register_buffer("tqe_alpha", spec.tqe.alpha.float().clone())
+            self.register_buffer("tqe_beta", spec.tqe.beta.float().clone())
         if spec.lowrank is not None:
             self.register_buffer("lr_A", spec.lowrank.A.float().clone())
             self.register_buffer("lr_B", spec.lowrank.B.float().clone())
@@ -183,11 +190,15 @@ class ExportQuantLayer(nn.Module):
             pick(getattr(self, "a_clip_hi", None)),
         )
 
+    def _prescale(self, x: Tensor) -> Tensor:
+        if self.inv_smooth is None:
+            return x
+        shape = [1] * x.dim()
+        shape[-1 if self.kind == "linear" else 1] = -1
+        return x * self.inv_smooth.reshape(shape)
+
     def quantize_input(self, x: Tensor) -> Tensor:
-        if self.inv_smooth is not None:
-            shape = [1] * x.dim()
-            shape[-1 if self.kind == "linear" else 1] = -1
-            x = x * self.inv_smooth.reshape(shape)
+        x = self._prescale(x)
         if self.act is None:
             return x
         if self.act.mode == "dynamic_per_token":
@@ -276,6 +287,8 @@ class ExportQuantLayer(nn.Module):
             w = dq_weight(self.w_codes, self.w_scale, self.w_zero)
             y = self._op(xq, w, self.bias)
         y = self._branches(xq, y)
+        if self.tqe is not None:
+            y = y + tqe_apply(self._prescale(x), xq, self.tqe_alpha, self.tqe_beta, *self.tqe)
         if self.out_q:
             y = qdq(y, self.out_scale, self.out_zero, 0, 255)
         return y
