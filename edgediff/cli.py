@@ -109,6 +109,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         options=quantize_options(args),
         symmetric_weights=args.symmetric_weights,
         device=args.device,
+        resume=args.resume,
     )
     print(f"saved {args.out} ({meta['method']} {meta['bits']}, {meta['seconds']} s)")
     return 0
@@ -166,6 +167,9 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch", type=positive_int("--batch"), default=None, help="fine-tuning batch (32)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted fine-tuning from OUT.ckpt/"
+    )
     p.add_argument(
         "--device",
         default="auto",

@@ -6,12 +6,14 @@ quantized folder that records its source model, method, bits and training budget
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from edgediff.errors import EdgediffError
+from edgediff.train.loop import Checkpointing, is_main_process, process_device
 
 METHODS = ("ptq", "efficientdm", "mpqdm", "mpqdmv2")
 
@@ -30,6 +32,7 @@ def quantize_model(
     options: dict | None = None,
     symmetric_weights: bool = False,
     device: str = "auto",
+    resume: bool = False,
 ) -> dict:
     """Run `method` at `bits` on the FP model folder (or 'reference'); write `out`; return its meta.
 
@@ -39,6 +42,9 @@ def quantize_model(
     ONNX export ships int8 weights with zero point 0 (ONNX Runtime's faster u8s8 kernels).
     `device`: auto (CUDA when available), cpu or cuda; calibration, search and fine-tuning run
     there and the folder is written from CPU tensors either way.
+    Fine-tuned methods checkpoint into `OUT.ckpt/` every tenth of the updates (removed on
+    success); `resume` continues from there (`edgediff quantize --resume`). Under
+    `accelerate launch` every process trains its slice of the batch; the main one writes `out`.
     """
     from edgediff.quant import Recipe, parse_bits, save_quantized
     from edgediff.reference.model import load_pipeline_parts, resolve_model_path
@@ -46,7 +52,9 @@ def quantize_model(
     if method not in METHODS:
         raise EdgediffError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     parse_bits(bits)
-    target = resolve_device(device)
+    target = process_device(resolve_device(device))
+    if resume and method == "ptq":
+        raise EdgediffError("--resume applies to the fine-tuned methods (efficientdm, mpqdm, mpqdmv2)")
     options = dict(options or {})
     _check_options(method, options)
     if symmetric_weights and method not in ("ptq", "efficientdm"):
@@ -78,6 +86,8 @@ def quantize_model(
     else:
         from edgediff.methods.efficientdm import EfficientDMConfig, run_efficientdm
 
+        every = max(1, (updates or 1000) // 10)
+        ckpt = Checkpointing(folder=checkpoint_folder(out), every=every, resume=resume)
         trajectories = max(1, (updates or 1000) // num_steps)
         extra = {"batch_size": batch} if batch else {}
         base = EfficientDMConfig(num_steps=num_steps, trajectories=trajectories, seed=seed, **extra)
@@ -86,17 +96,17 @@ def quantize_model(
                 from edgediff.methods.efficientdm import efficientdm_recipe
 
                 recipe = (recipe or efficientdm_recipe(bits, fp, base)).with_symmetric_weights()
-            qmodel, recipe, record = run_efficientdm(fp, sched_cfg, bits, recipe, base, progress)
+            qmodel, recipe, record = run_efficientdm(fp, sched_cfg, bits, recipe, base, progress, ckpt)
         elif method == "mpqdm":
             from edgediff.methods.mpqdm import MPQDMConfig, run_mpqdm
 
             cfg = MPQDMConfig(base=base, **options)
-            qmodel, recipe, record = run_mpqdm(fp, sched_cfg, bits, recipe, cfg, progress)
+            qmodel, recipe, record = run_mpqdm(fp, sched_cfg, bits, recipe, cfg, progress, ckpt)
         else:
             from edgediff.methods.mpqdmv2 import MPQDMv2Config, run_mpqdmv2
 
             cfg = MPQDMv2Config(base=base, **options)
-            qmodel, recipe, record = run_mpqdmv2(fp, sched_cfg, bits, recipe, cfg, progress)
+            qmodel, recipe, record = run_mpqdmv2(fp, sched_cfg, bits, recipe, cfg, progress, checkpoints=ckpt)
     meta = {
         "method": method,
         "bits": bits.upper(),
@@ -109,8 +119,16 @@ def quantize_model(
     base_config = {k: v for k, v in dict(fp.config).items() if not k.startswith("_")}
     sched_cfg = {k: v for k, v in sched_cfg.items() if not k.startswith("_")}
     meta["device"] = str(target)
-    save_quantized(qmodel.cpu(), recipe, out, base_config, sched_cfg, meta)
+    if is_main_process():
+        save_quantized(qmodel.cpu(), recipe, out, base_config, sched_cfg, meta)
+        shutil.rmtree(checkpoint_folder(out), ignore_errors=True)
     return meta
+
+
+def checkpoint_folder(out: str | Path) -> Path:
+    """`OUT.ckpt/`: the fine-tuning checkpoint of the quantized folder `OUT` (gone once it is saved)."""
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
 
 
 def resolve_device(device: str) -> torch.device:

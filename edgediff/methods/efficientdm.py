@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,7 @@ from torch import nn
 
 from edgediff.methods.common import TrajectoryStream, quant_forward, sample_shape
 from edgediff.quant import LoRASpec, Recipe, calibrate, collect_calibration, default_recipe, quantize_
-from edgediff.train.loop import LoopConfig, TrainLoop, seed_everything
+from edgediff.train.loop import Checkpointing, LoopConfig, TrainLoop, seed_everything
 
 
 @dataclass(frozen=True)
@@ -71,22 +70,26 @@ def finetune(
     scheduler_config: dict,
     cfg: EfficientDMConfig,
     extra_loss=None,
-    checkpoint_dir: Path | None = None,
     progress: bool = True,
     description: str = "efficientdm",
     groups: list[dict] | None = None,
     on_step=None,
+    checkpoints: Checkpointing = Checkpointing(),
+    fingerprint: dict | None = None,
 ) -> dict:
     """Distil `fp` into the quantized `model` along FP trajectories; returns the training record.
 
     `extra_loss(step, x, t)` is added to the task loss after the quantized forward (forward
     hooks on both models see the FP and quantized features of the same step); `groups`
     replaces `param_groups(model, cfg)`; `on_step(update, model)` runs before every update.
+    `checkpoints`: the full state (model, optimizer, schedule, RNG, trajectory stream,
+    `extra_loss` state) is written to `checkpoints.folder` every `checkpoints.every` updates;
+    `checkpoints.resume` continues from it (refused when written under another `fingerprint`).
+    Under `accelerate launch` each process trains on its slice of the global `batch_size`.
     """
     seed_everything(cfg.seed)
     for p in fp.parameters():
         p.requires_grad_(False)
-    stream = TrajectoryStream(fp, scheduler_config, cfg.num_steps, cfg.batch_size, sample_shape(fp), cfg.seed)
     loop = TrainLoop(
         model,
         LoopConfig(
@@ -97,12 +100,23 @@ def finetune(
             seed=cfg.seed,
             progress=progress,
             description=description,
-            checkpoint_every=0,
+            checkpoint_every=checkpoints.every,
         ),
         param_groups=groups if groups is not None else param_groups(model, cfg),
-        checkpoint_dir=checkpoint_dir,
-        device=stream.device,  # train where the FP model runs (its trajectories feed the loss)
+        checkpoint_dir=checkpoints.folder,
+        device=next(fp.parameters()).device,  # train where the FP model runs (its trajectories feed the loss)
+        fingerprint={"config": asdict(cfg), **(fingerprint or {})},
     )
+    shard = (loop.accelerator.process_index, loop.num_processes)
+    stream = TrajectoryStream(
+        fp, scheduler_config, cfg.num_steps, cfg.batch_size, sample_shape(fp), cfg.seed, shard=shard
+    )
+    loop.extra_modules = {"stream": stream}
+    if extra_loss is not None and hasattr(extra_loss, "state_dict"):
+        loop.extra_modules["extra_loss"] = extra_loss
+    if checkpoints.resume:
+        loop.maybe_resume()
+    start = loop.step
 
     def loss_fn(update: int) -> torch.Tensor:
         if on_step is not None:
@@ -121,6 +135,8 @@ def finetune(
     model.eval()
     return {
         "updates": cfg.updates,
+        "resumed_at_update": start,
+        "processes": loop.num_processes,
         "seconds": round(time.perf_counter() - t0, 1),
         "loss_first_50": float(sum(losses[:50]) / max(1, len(losses[:50]))),
         "loss_last_50": float(sum(losses[-50:]) / max(1, len(losses[-50:]))),
@@ -135,8 +151,10 @@ def run_efficientdm(
     recipe: Recipe | None = None,
     cfg: EfficientDMConfig = EfficientDMConfig(),
     progress: bool = True,
+    checkpoints: Checkpointing = Checkpointing(),
 ) -> tuple[nn.Module, Recipe, dict]:
     """Quantize, calibrate on FP trajectories, then fine-tune; returns (model, recipe, training record)."""
+    seed_everything(cfg.seed)  # the LoRA factors are drawn from the global generator
     model = copy.deepcopy(fp).eval()
     recipe = recipe or efficientdm_recipe(bits, model, cfg)
     quantize_(model, recipe, num_steps=cfg.num_steps)
@@ -150,5 +168,5 @@ def run_efficientdm(
         progress=progress,
     )
     calibrate(model, data, seed=cfg.seed, progress=progress)
-    record = finetune(model, fp, scheduler_config, cfg, progress=progress)
+    record = finetune(model, fp, scheduler_config, cfg, progress=progress, checkpoints=checkpoints)
     return model, recipe, record

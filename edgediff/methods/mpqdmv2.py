@@ -34,6 +34,7 @@ from edgediff.methods.mtrd import TIME_MODES, MTRDLoss
 from edgediff.methods.oolri import oolri_init
 from edgediff.methods.trd import last_decoder_block
 from edgediff.quant import LoRASpec, Recipe, ResidualSpec, quant_layers
+from edgediff.train.loop import Checkpointing
 
 LORA_INITS = ("svd", "zero")
 LORA_MODES = ("additive", "merged")
@@ -154,6 +155,7 @@ def run_mpqdmv2(
     cfg: MPQDMv2Config | None = None,
     progress: bool = True,
     on_step: Callable | None = None,
+    checkpoints: Checkpointing = Checkpointing(),
 ) -> tuple[nn.Module, Recipe, dict]:
     """MPQ-DMv2 end to end; returns (model, recipe with the searched bits/residuals, record)."""
     cfg = cfg or MPQDMv2Config()
@@ -184,6 +186,7 @@ def run_mpqdmv2(
             on_step=on_step,
             progress=progress,
             description="mpqdmv2",
+            checkpoints=checkpoints,
         )
     )
     record["method_config"] = asdict(cfg)
