@@ -13,7 +13,8 @@ of the feature losses). Its two feature spaces:
 
 Teacher side = the PD target image `x̃`, student side = the student's `x̂0` (both unclipped,
 as in RCFD's code). Total loss as in the released command:
-`L = w_cfd·L_CFD + w_is·L_IS + w_m·L_M (+ w_pd·L_PD, off by default)` with
+`L = w_cfd·L_CFD + w_is·L_IS + w_m·L_M (+ w_pd·L_PD, off by default)` (a term whose weight is 0
+is not computed; `w_is = w_m = 0` is RCFD, the CFD term alone) with
 * `L_CFD = KL(softmax(φ_vec(x̃)/0.9) ‖ softmax(φ_vec(x̂0)))` (`feature_kl`),
 * `L_IS`  = in-batch pixel relation KL on `φ_map` over all sample pairs (`batch_relation_kl`),
 * `L_M`   = student pixels through a trainable projection head vs `anchors` evenly spaced rows
@@ -59,6 +60,13 @@ class RDDConfig:
     enqueue: int = 64
     queue_tau: float = 0.1
     released_enqueue_reshape: bool = False
+
+    def __post_init__(self) -> None:
+        weights = (self.weight_cfd, self.weight_is, self.weight_queue, self.weight_pd)
+        if min(weights) < 0:
+            raise EdgediffError("RDD term weights must be >= 0")
+        if not any(weights):
+            raise EdgediffError("every RDD term weight is 0: give at least one positive weight")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,23 +126,21 @@ class RDDLoss(nn.Module):
         with torch.no_grad():
             map_t, vec_t = self.features(batch.x_tilde)
         map_s, vec_s = self.features(batch.x_hat)
-        parts = {
-            "cfd": feature_kl(vec_t, vec_s, cfg.teacher_temperature),
-            "is_p2p": batch_relation_kl(map_t, map_s),
-        }
-        anchors = self.queue.anchors(cfg.anchors)
-        proj = self.head(map_s)
-        parts["m_p2p"] = queue_relation_kl(
-            pixel_embeddings(map_t).reshape(-1, map_t.shape[1]),
-            pixel_embeddings(proj).reshape(-1, proj.shape[1]),
-            anchors,
-            tau=cfg.queue_tau,
-        )
-        total = (
-            cfg.weight_cfd * parts["cfd"]
-            + cfg.weight_is * parts["is_p2p"]
-            + cfg.weight_queue * parts["m_p2p"]
-        )
+        parts: dict[str, Tensor] = {}
+        if cfg.weight_cfd:
+            parts["cfd"] = feature_kl(vec_t, vec_s, cfg.teacher_temperature)
+        if cfg.weight_is:
+            parts["is_p2p"] = batch_relation_kl(map_t, map_s)
+        if cfg.weight_queue:
+            proj = self.head(map_s)
+            parts["m_p2p"] = queue_relation_kl(
+                pixel_embeddings(map_t).reshape(-1, map_t.shape[1]),
+                pixel_embeddings(proj).reshape(-1, proj.shape[1]),
+                self.queue.anchors(cfg.anchors),
+                tau=cfg.queue_tau,
+            )
+        weights = {"cfd": cfg.weight_cfd, "is_p2p": cfg.weight_is, "m_p2p": cfg.weight_queue}
+        total = sum((weights[k] * v for k, v in parts.items()), map_s.new_zeros(()))
         if cfg.weight_pd:
             parts["pd"] = truncated_snr_loss(batch)
             total = total + cfg.weight_pd * parts["pd"]

@@ -68,8 +68,18 @@ class Stage:
 
 
 def rdd_variant(cfg: RDDConfig) -> str:
-    """Folder tag of a non-default RDD objective, so that variants never reuse each other's stages."""
-    parts = [f"pd{cfg.weight_pd:g}"] if cfg.weight_pd else []
+    """Folder tag of a non-default RDD objective, so that variants never reuse each other's stages.
+
+    Term weights that differ from the defaults are tagged `cfd<w>`, `is<w>`, `m<w>` (so RCFD,
+    `is0+m0`, gets its own stages), the PD pixel term `pd<w>`.
+    """
+    default = RDDConfig()
+    parts = [
+        f"{tag}{getattr(cfg, field):g}"
+        for tag, field in (("cfd", "weight_cfd"), ("is", "weight_is"), ("m", "weight_queue"))
+        if getattr(cfg, field) != getattr(default, field)
+    ]
+    parts += [f"pd{cfg.weight_pd:g}"] if cfg.weight_pd else []
     if cfg.released_enqueue_reshape:
         parts.append("released")
     return "+".join(parts)
