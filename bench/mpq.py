@@ -161,6 +161,40 @@ def build_row(name: str, fp, sched_cfg, bits: str, args) -> tuple[torch.nn.Modul
     return model, True, record
 
 
+def row_structure(name: str, fp, sched_cfg, bits: str, args) -> torch.nn.Module:
+    """Row `name`'s quantized model before fine-tuning: its recipe and, for MPQ-DM / MPQ-DMv2,
+    calibration and the split search. Storage depends on this structure only (fine-tuning
+    changes values, not bit widths, residual channels or branch sizes)."""
+    import copy
+
+    from edgediff.methods.mpqdm import prepare
+    from edgediff.quant import default_recipe, quantize_
+
+    row = ROW_DEFS[name]
+    cfg, recipe = row_config(name, fp, bits, args)
+    if row.method == "ptq":
+        model = copy.deepcopy(fp).eval()
+        quantize_(model, default_recipe(bits, model, a_mode=cfg.a_mode), num_steps=args.steps)
+        return model
+    if row.method == "efficientdm":
+        from edgediff.methods.efficientdm import efficientdm_recipe
+
+        model = copy.deepcopy(fp).eval()
+        quantize_(model, recipe or efficientdm_recipe(bits, model, cfg), num_steps=cfg.num_steps)
+        return model
+    if row.method == "mpqdm":
+        from edgediff.methods.mpqdm import mpqdm_recipe
+
+        return prepare(fp, sched_cfg, bits, mpqdm_recipe(bits, fp, cfg), cfg, progress=False)[0]
+    from edgediff.methods.mpqdmv2 import mpqdmv2_recipe
+
+    salient = "residual" if cfg.residual else "bits"
+    recipe = mpqdmv2_recipe(bits, fp, cfg)
+    return prepare(
+        fp, sched_cfg, bits, recipe, cfg, salient=salient, balance=cfg.residual_balance, progress=False
+    )[0]
+
+
 def storage_record(model) -> dict:
     """`quant.storage_bits` at the stored float width and with floats counted at 16 bits."""
     from edgediff.quant import storage_bits
@@ -395,7 +429,16 @@ def main() -> None:
     ap.add_argument("--conv-bits", default="W2A4")
     ap.add_argument("--out", default=str(RESULTS_DIR / "mpq.json"))
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/RESULTS.md")
+    ap.add_argument(
+        "--storage-only",
+        action="store_true",
+        help="only (re)compute the storage accounting of the rows already in --out from each row's "
+        "rebuilt structure (recipe, calibration, split search; no fine-tuning, no sampling)",
+    )
     args = ap.parse_args()
+    if args.storage_only:
+        add_storage(Path(args.out), args)
+        return
     torch.manual_seed(0)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -535,6 +578,38 @@ def main() -> None:
         save()
         if not args.no_docs:
             write_docs(result, section)
+
+
+def add_storage(out: Path, args) -> None:
+    """Fill `storage` into the (bits, row) entries of `out` that `--bits`/`--rows` select."""
+    result = json.loads(out.read_text())
+    if result.get("host", {}).get("gpu"):
+        raise SystemExit(f"{out} was measured on a GPU; rebuild its structure there (--device cuda)")
+    fp, scheduler = load_pipeline_parts("reference")
+    sched_cfg = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    args.train_seed = result.get("train_seed", 0)
+    for row in result["rows"]:
+        if row["row"] == "fp" or row["bits"] not in args.bits or row["row"] not in args.rows:
+            continue
+        tr = row.get("training") or {}
+        args.batch = tr.get("config", {}).get("batch_size", args.batch)
+        storage = storage_record(row_structure(row["row"], fp, sched_cfg, row["bits"], args))
+        stored = storage["stored"]
+        same = abs(stored["integer_bits_per_weight"] - row.get("mean_weight_bits", -1)) < 1e-9 and stored[
+            "float_branch_params"
+        ] == row.get("fp_branch_params", 0)
+        if not same:  # the rebuilt structure is not the one that was trained: leave the row alone
+            print(row["bits"], row["row"], "rebuilt structure differs from the recorded one; skipped")
+            continue
+        row["storage"] = storage
+        row["storage_from"] = "rebuilt structure, checked against the recorded mean bits and branch size"
+        print(row["bits"], row["row"], round(row["storage"]["stored"]["bits_per_weight"], 3),
+              round(row["storage"]["fp16"]["bits_per_weight"], 3), flush=True)  # fmt: skip
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(out)
+    if not args.no_docs:
+        write_docs(result, section_for(out))
 
 
 if __name__ == "__main__":
