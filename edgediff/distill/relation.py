@@ -70,7 +70,7 @@ def feature_kl(teacher_vec: Tensor, student_vec: Tensor, teacher_temperature: fl
     """RCFD classifier-feature KL (docs/methods.md 4.2(1)):
     `KL(softmax(φ_T/τ_T) ‖ softmax(φ_S))`, batch mean."""
     _same_shape(teacher_vec, student_vec)
-    return _row_kl(teacher_vec, student_vec / teacher_temperature).mean()
+    return _row_kl(teacher_vec / teacher_temperature, student_vec).mean()
 
 
 def queue_relation_kl(
