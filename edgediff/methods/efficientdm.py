@@ -19,7 +19,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgediff.methods.common import TrajectoryStream, quant_forward, sample_shape
-from edgediff.quant import LoRASpec, Recipe, calibrate, collect_calibration, default_recipe, quantize_
+from edgediff.quant import (
+    LoRASpec,
+    Recipe,
+    calibrate,
+    collect_calibration,
+    default_recipe,
+    quant_layers,
+    quantize_,
+)
 from edgediff.train.loop import Checkpointing, LoopConfig, TrainLoop, seed_everything
 
 
@@ -64,6 +72,15 @@ def efficientdm_recipe(bits: str, model: nn.Module, cfg: EfficientDMConfig) -> R
     return base.with_name(f"efficientdm-{bits.upper()}")
 
 
+def run_fingerprint(model: nn.Module, fp: nn.Module, cfg: EfficientDMConfig) -> dict:
+    """What a checkpoint must match to be resumed: the config, every quantized layer's settings
+    (bits, LoRA, residual, ...) and a digest of the FP weights (another source model differs)."""
+    with torch.no_grad():
+        digest = sum(float(p.double().abs().sum()) for p in fp.parameters())
+    layers = [f"{name}: {layer.config}" for name, layer in quant_layers(model).items()]
+    return {"config": asdict(cfg), "layers": layers, "fp_digest": round(digest, 6)}
+
+
 def finetune(
     model: nn.Module,
     fp: nn.Module,
@@ -105,7 +122,7 @@ def finetune(
         param_groups=groups if groups is not None else param_groups(model, cfg),
         checkpoint_dir=checkpoints.folder,
         device=next(fp.parameters()).device,  # train where the FP model runs (its trajectories feed the loss)
-        fingerprint={"config": asdict(cfg), **(fingerprint or {})},
+        fingerprint={**run_fingerprint(model, fp, cfg), **(fingerprint or {})},
     )
     shard = (loop.accelerator.process_index, loop.num_processes)
     stream = TrajectoryStream(

@@ -56,6 +56,9 @@ def test_resuming_without_a_checkpoint_starts_fresh_and_a_foreign_checkpoint_is_
     other = replace(CFG, mtrd_weight=0.5)
     with pytest.raises(EdgediffError, match="another run"):
         _run(cfg=other, checkpoints=Checkpointing(folder=folder, every=3, resume=True))
+    with pytest.raises(EdgediffError, match="another run"):  # same config, other bits
+        fp = tiny_unet()
+        run_mpqdmv2(fp, SCHED, "W3A8", cfg=CFG, progress=False, checkpoints=Checkpointing(folder, 3, True))
 
 
 def test_quantize_resume_continues_an_interrupted_run_and_saves_the_same_folder(tmp_path, monkeypatch):
