@@ -286,11 +286,13 @@ def write_docs(result: dict, section: str = "mpq", title: str = "MPQ-DM / MPQ-DM
     seeds = result["seeds"]
     by_key = {(r["bits"], r["row"]): r for r in result["rows"]}
     bits_list = [b for b in result.get("bits_order", []) if any(k[0] == b for k in by_key)]
+    measured = {name for _, name in by_key}
+    never = [name for name in ROWS if name not in measured]  # listed once below the table
     rows = []
     for bits in bits_list:
         for name in ROWS:
             r = by_key.get((bits, name)) or (by_key.get(("FP32", "fp")) if name == "fp" else None)
-            if name == "fp" and bits != bits_list[0]:
+            if (name == "fp" and bits != bits_list[0]) or name in never:
                 continue
             if r is None:
                 rows.append([bits, LABELS[name], *["not run"] * (len(seeds) + 12)])
@@ -341,6 +343,10 @@ def write_docs(result: dict, section: str = "mpq", title: str = "MPQ-DM / MPQ-DM
         markdown_table(header, rows),
         "",
         result.get("note", ""),
+        "Bits/weight, all layers: `quant.storage_bits` over every conv/linear weight (FP islands, "
+        "additive LoRA, residual signs and α, scales, zero points and δ included); '-' where the row "
+        "predates that accounting.",
+        (f"Rows defined but not run yet: {', '.join(f'`{n}`' for n in never)}." if never else ""),
         "Analysis, the OMQ split statistics and what each switch does: docs/mpq.md.",
     ]
     for bits in bits_list:
