@@ -61,6 +61,7 @@ def test_resuming_without_a_checkpoint_starts_fresh_and_a_foreign_checkpoint_is_
         run_mpqdmv2(fp, SCHED, "W3A8", cfg=CFG, progress=False, checkpoints=Checkpointing(folder, 3, True))
 
 
+@pytest.mark.slow  # two quantize runs plus an interrupted one (~40 s on 2 busy cores)
 def test_quantize_resume_continues_an_interrupted_run_and_saves_the_same_folder(tmp_path, monkeypatch):
     """`edgediff quantize --resume`: checkpoint in OUT.ckpt/, removed once OUT is saved."""
     from safetensors.torch import load_file
