@@ -27,7 +27,7 @@ import onnx
 from edgediff import __version__
 from edgediff.models.loading import LoadedModel, is_quantized_folder, load_model
 from edgediff.quant.io import folder_digest, step_table_size
-from edgediff.quant.storage import weight_storage
+from edgediff.quant.storage import storage_bits
 from edgediff.reference.model import resolve_model_path
 from edgediff.utils.atomic import atomic_dir, check_writable
 from edgediff_export.errors import ExportError
@@ -181,7 +181,7 @@ def quant_spec(loaded: LoadedModel, unet, step_table: int | None, placement: str
     """The manifest's typed quant section (docs/runtime.md): method and label from the quantized
     folder (the label is its recipe's), stored weight bits counted on the model, the per-step
     table size; the weight containers and precision table are filled in after the graph passes."""
-    storage = weight_storage(unet)
+    storage = storage_bits(unet)
     if loaded.quantized:
         method, label = str(loaded.meta.get("method", "custom")), str(loaded.meta.get("bits") or "custom")
     else:
@@ -190,7 +190,7 @@ def quant_spec(loaded: LoadedModel, unet, step_table: int | None, placement: str
     return QuantSpec(
         method=method,
         label=label,
-        mean_weight_bits=round(storage.mean_bits, 4),
+        mean_weight_bits=round(storage.weight_bits_per_weight, 4),
         step_table=step_table,
         placement=placement,
     )
