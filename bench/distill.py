@@ -1,4 +1,4 @@
-"""Step-distillation benchmark: FD vs sampling steps for DDIM, PD and RDD.
+"""Step-distillation benchmark: FD vs sampling steps for DDIM, PD and RDD (and RDD variants).
 
 1. Trains (or reuses, when the stage folders exist) the PD chain 32 -> 16 -> 8 -> 4 -> 2 -> 1 and
    the RDD chain, which shares PD's 32 -> 16 -> 8 stages and runs RDD for 8 -> 4 -> 2 -> 1
@@ -9,6 +9,10 @@
    as the quality reference. FD against the 1,797 real digits in the TinyCNN feature space.
 3. Writes bench/results/distill.json after every row (a cut run keeps its rows), a table and a
    figure (FD vs steps, PNG drawn with Pillow) in docs/RESULTS.md.
+
+Variant rows (`--variant-pd-weight W`, `--variant-rcfd`) retrain the RDD stages with another
+objective: the PD pixel term added at weight W, or RCFD (the CFD term alone, relation terms
+IS_P2P and M_P2P off), each in its own stage folders.
 
 Usage: `python -m bench.distill [--samples 1000] [--seeds 0 1] [--iterations 100 100 300 400 500]`.
 """
@@ -66,6 +70,12 @@ def main() -> None:
         default=[],
         help="also train and score an RDD variant with the PD pixel term at each of these weights (labelled "
         "rdd+pdW; stage folders reused when they exist), after the reference rows",
+    )
+    ap.add_argument(
+        "--variant-rcfd",
+        action="store_true",
+        help="also train and score RCFD, the RDD stages with the CFD term only (IS_P2P and M_P2P weights 0; "
+        "labelled rdd+is0+m0; stage folders reused when they exist), after the reference rows",
     )
     ap.add_argument(
         "--add-teacher-seeds",
@@ -186,8 +196,7 @@ def main() -> None:
             seeds = args.seeds_256 if steps == 256 and args.seeds_256 else args.seeds
             run_row("teacher-ddim", steps, teacher, seeds, str(args.model))
     publish()
-    for weight in args.variant_pd_weight:
-        rdd = RDDConfig(weight_pd=weight)
+    for rdd in variant_configs(args.variant_pd_weight, args.variant_rcfd):
         method = f"rdd+{rdd_variant(rdd)}"
         records = distill(
             args.model, "rdd", args.from_steps, 1, models, budgets, rdd_from=args.rdd_from, rdd=rdd
@@ -199,6 +208,14 @@ def main() -> None:
             unet, _ = load_pipeline_parts(folder)
             run_row(method, steps, unet, args.seeds, str(folder))
         publish()
+
+
+RCFD = RDDConfig(weight_is=0.0, weight_queue=0.0)  # CFD alone: the relation terms off
+
+
+def variant_configs(pd_weights: list[float], rcfd: bool) -> list[RDDConfig]:
+    """The RDD objectives of the variant rows: one per PD pixel-term weight, then RCFD."""
+    return [RDDConfig(weight_pd=w) for w in pd_weights] + ([RCFD] if rcfd else [])
 
 
 def _previous_reference_rows(model: str, samples: int) -> tuple[list[dict], list[str]]:
@@ -266,8 +283,8 @@ def _fds(result: dict, method: str, steps: int) -> list[float]:
 
 
 def orderings(result: dict) -> dict:
-    """The target orderings (RDD below PD; RDD vs the teacher's DDIM at 4 steps), per seed (paired:
-    same noise) and beyond the seed spread."""
+    """The target orderings (RDD and its variants below PD; RDD vs the teacher's DDIM at 4 steps),
+    per seed (paired: same noise) and beyond the seed spread."""
     out = {}
     variants = sorted({r["method"] for r in result["rows"]} - {"teacher-ddim", "pd", "rdd"})
     for method, steps in [(m, s) for m in ("rdd", *variants) for s in (1, 2)]:
@@ -443,7 +460,7 @@ def write_docs(result: dict) -> None:
         f"![FD vs steps](figures/distill_fd.png)\n\n{table}\n\n"
         f"Per-stage training (same budget for PD and RDD at every stage; RDD reuses the PD 32->16->8 "
         f"stages; 1 CPU thread, shared machine):\n\n{stages}\n\n"
-        f"Target orderings (FD rounded in the table, exact in the JSON):"
+        "Target orderings (FD rounded in the table, exact in the JSON):"
         f"\n\n{fd_rows}\n\n"
         f"Samples (seed {seeds[0]}, first 16 per row; rows: DDIM, PD, RDD at 1, then 2, then 4 steps): "
         f"`docs/figures/distill_samples.png`. Details: `docs/distillation.md`.\n",

@@ -1,10 +1,14 @@
 """MPQ-DM / MPQ-DMv2 benchmark on the reference model (docs/methods.md 1.6, 2.3).
 
-Rows (same seeded noise for every row, paired with the FP samples of that seed): FP, `ptq`,
-`efficientdm`, MPQ-DM (OMQ only; OMQ + TRD; OMQ with random channel selection as the control),
-MPQ-DMv2 (FZ-RMQ; + OOLRI; + MTRD). Every fine-tuned row gets the same budget (`--updates`
-at `--batch`, one update per DDIM step along FP trajectories), recorded with its wall time.
-Scores: FD vs the real digits, paired PSNR and class agreement vs the FP samples.
+Rows (`ROW_DEFS`; same seeded noise for every row, paired with the FP samples of that seed): FP,
+`ptq`, `efficientdm` (also with MPQ-DM's FP islands), MPQ-DM (OMQ only, with and without FP
+islands; OMQ + TRD in its target / window / detached variants; random channels as the control;
+forced split), MPQ-DMv2 (FZ-RMQ; + OOLRI; + MTRD; the full config with a zero-initialised
+additive LoRA, i.e. the same FP branch without OOLRI). Every fine-tuned row gets the same
+budget (`--updates` at `--batch`, one update per DDIM step along FP trajectories), recorded
+with its wall time. Scores: FD vs the real digits, paired PSNR and class agreement vs the FP
+samples. Storage: `quant.storage_bits` over every conv/linear weight, float layers and float
+branches included (at the stored FP32 width and at FP16).
 `--convergence` records the OOLRI claim: the task loss on a fixed held-out set of FP-trajectory
 inputs after 0/100/... updates with zero vs SVD LoRA init.
 
@@ -21,6 +25,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +34,7 @@ import torch
 from bench._models import bits_label
 from bench._report import RESULTS_DIR, ROOT, host_info, markdown_table, update_results_section
 from edgediff.methods.mpqdm import bits_summary
-from edgediff.quant import quant_layers, set_step
+from edgediff.quant import set_step
 from edgediff.reference.classifier import load_classifier
 from edgediff.reference.data import load_digits16
 from edgediff.reference.grid import save_grid
@@ -37,30 +42,57 @@ from edgediff.reference.metrics import classify, evaluate_samples
 from edgediff.reference.model import BUNDLED_CLASSIFIER, load_pipeline_parts
 from edgediff.sampling import ddim_sample, seeded_noise
 
-ROWS = [
-    "fp",
-    "ptq",
-    "efficientdm",
-    "mpqdm-omq",
-    "mpqdm-omq-trd",
-    "mpqdm-omq-random",
-    "mpqdm-omq-forced",
-    "mpqdmv2-fzrmq",
-    "mpqdmv2-oolri",
-    "mpqdmv2-full",
-]
-LABELS = {
-    "fp": "FP32",
-    "ptq": "ptq",
-    "efficientdm": "efficientdm",
-    "mpqdm-omq": "MPQ-DM: OMQ",
-    "mpqdm-omq-trd": "MPQ-DM: OMQ + TRD",
-    "mpqdm-omq-random": "MPQ-DM: OMQ, random channels (control)",
-    "mpqdm-omq-forced": "MPQ-DM: OMQ forced to k = C/10 (no search, ablation)",
-    "mpqdmv2-fzrmq": "MPQ-DMv2: FZ-RMQ (+TRD)",
-    "mpqdmv2-oolri": "MPQ-DMv2: FZ-RMQ + OOLRI (+TRD)",
-    "mpqdmv2-full": "MPQ-DMv2: FZ-RMQ + OOLRI + MTRD (+TRD)",
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark row: a method, its config switches and the table label.
+
+    `options` are `MPQDMConfig` / `MPQDMv2Config` fields; `fp_islands` (efficientdm only) keeps
+    MPQ-DM's FP islands (shortcut and downsampler convs) in floating point, so efficientdm and
+    MPQ-DM can be compared with the same float layers.
+    """
+
+    method: str  # fp | ptq | efficientdm | mpqdm | mpqdmv2
+    label: str
+    options: dict = field(default_factory=dict)
+    fp_islands: bool = False
+
+
+ROW_DEFS: dict[str, Row] = {
+    "fp": Row("fp", "FP32"),
+    "ptq": Row("ptq", "ptq"),
+    "efficientdm": Row("efficientdm", "efficientdm"),
+    "efficientdm-islands": Row("efficientdm", "efficientdm + MPQ-DM's FP islands", fp_islands=True),
+    "mpqdm-omq": Row("mpqdm", "MPQ-DM: OMQ", {"trd": False}),
+    "mpqdm-omq-noislands": Row(
+        "mpqdm", "MPQ-DM: OMQ without FP islands", {"trd": False, "fp_islands": False}
+    ),
+    "mpqdm-omq-trd": Row("mpqdm", "MPQ-DM: OMQ + TRD"),
+    "mpqdm-omq-trd-window": Row(
+        "mpqdm", "MPQ-DM: OMQ + TRD, window gradient (option a)", {"trd_mode": "window"}
+    ),
+    "mpqdm-omq-trd-detach": Row(
+        "mpqdm", "MPQ-DM: OMQ + TRD detached (released code: no TRD gradient)", {"trd_detach": True}
+    ),
+    "mpqdm-omq-random": Row(
+        "mpqdm", "MPQ-DM: OMQ, random channels (control)", {"trd": False, "selection": "random"}
+    ),
+    "mpqdm-omq-forced": Row(
+        "mpqdm", "MPQ-DM: OMQ forced to k = C/10 (no search, ablation)", {"trd": False, "omq_range": "fixed"}
+    ),
+    "mpqdmv2-fzrmq": Row(
+        "mpqdmv2", "MPQ-DMv2: FZ-RMQ (+TRD)", {"lora_init": "zero", "lora_mode": "merged", "mtrd": False}
+    ),
+    "mpqdmv2-oolri": Row("mpqdmv2", "MPQ-DMv2: FZ-RMQ + OOLRI (+TRD)", {"mtrd": False}),
+    "mpqdmv2-full": Row("mpqdmv2", "MPQ-DMv2: FZ-RMQ + OOLRI + MTRD (+TRD)"),
+    "mpqdmv2-full-zeroinit": Row(
+        "mpqdmv2",
+        "MPQ-DMv2: full, additive LoRA zero-init (same FP branch, no OOLRI)",
+        {"lora_init": "zero", "lora_mode": "additive"},
+    ),
 }
+ROWS = list(ROW_DEFS)
+LABELS = {name: row.label for name, row in ROW_DEFS.items()}
 GRID_N = 10
 FIGURES = ROOT / "docs" / "figures"
 
@@ -72,45 +104,103 @@ def sample(model, sched_cfg, n: int, steps: int, seed: int, per_step: bool) -> t
     return ddim_sample(model, sched_cfg, noise, steps, set_step=hook, batch_size=1000).images
 
 
-def build_row(row: str, fp, sched_cfg, bits: str, args) -> tuple[torch.nn.Module, bool, dict]:
-    """Quantize (and fine-tune) the model of `row`; returns (model, per_step, record)."""
-    from edgediff.methods.efficientdm import EfficientDMConfig, run_efficientdm
+def row_config(name: str, fp, bits: str, args):
+    """The method config (and recipe, None = the method's default) of row `name`."""
+    from edgediff.methods.efficientdm import EfficientDMConfig
 
+    row = ROW_DEFS[name]
     base = EfficientDMConfig(
         num_steps=args.steps,
         trajectories=max(1, args.updates // args.steps),
         batch_size=args.batch,
         seed=args.train_seed,
     )
-    if row == "ptq":
-        from edgediff.methods.ptq import PTQConfig, run_ptq
+    if row.method == "ptq":
+        from edgediff.methods.ptq import PTQConfig
 
-        cfg = PTQConfig(calib_steps=args.steps, seed=args.train_seed)
+        return PTQConfig(calib_steps=args.steps, seed=args.train_seed), None
+    if row.method == "efficientdm":
+        recipe = None
+        if row.fp_islands:
+            from edgediff.methods.mpqdm import mpq_recipe
+            from edgediff.quant import LoRASpec
+
+            lora = LoRASpec(rank=base.lora_rank, mode="merged")
+            recipe = mpq_recipe(bits, fp, lora=lora, smooth=False, fp_islands=True, name="efficientdm")
+        return base, recipe
+    if row.method == "mpqdm":
+        from edgediff.methods.mpqdm import MPQDMConfig
+
+        return MPQDMConfig(base=base, **row.options), None
+    from edgediff.methods.mpqdmv2 import MPQDMv2Config
+
+    return MPQDMv2Config(base=base, **row.options), None
+
+
+def build_row(name: str, fp, sched_cfg, bits: str, args) -> tuple[torch.nn.Module, bool, dict]:
+    """Quantize (and fine-tune) the model of row `name`; returns (model, per_step, record)."""
+    method = ROW_DEFS[name].method
+    cfg, recipe = row_config(name, fp, bits, args)
+    if method == "ptq":
+        from edgediff.methods.ptq import run_ptq
+
         model, _ = run_ptq(fp, sched_cfg, bits, cfg=cfg, progress=False)
         return model, False, {}
-    if row == "efficientdm":
-        model, _, record = run_efficientdm(fp, sched_cfg, bits, cfg=base, progress=False)
-        return model, True, record
-    if row.startswith("mpqdm-"):
-        from edgediff.methods.mpqdm import MPQDMConfig, run_mpqdm
+    if method == "efficientdm":
+        from edgediff.methods.efficientdm import run_efficientdm
 
-        opts = {
-            "mpqdm-omq": dict(trd=False),
-            "mpqdm-omq-trd": dict(),
-            "mpqdm-omq-random": dict(trd=False, selection="random"),
-            "mpqdm-omq-forced": dict(trd=False, omq_range="fixed"),
-        }[row]
-        model, _, record = run_mpqdm(fp, sched_cfg, bits, cfg=MPQDMConfig(base=base, **opts), progress=False)
+        model, _, record = run_efficientdm(fp, sched_cfg, bits, recipe, cfg=cfg, progress=False)
         return model, True, record
-    from edgediff.methods.mpqdmv2 import MPQDMv2Config, run_mpqdmv2
+    if method == "mpqdm":
+        from edgediff.methods.mpqdm import run_mpqdm
 
-    opts = {
-        "mpqdmv2-fzrmq": dict(lora_init="zero", lora_mode="merged", mtrd=False),
-        "mpqdmv2-oolri": dict(mtrd=False),
-        "mpqdmv2-full": dict(),
-    }[row]
-    model, _, record = run_mpqdmv2(fp, sched_cfg, bits, cfg=MPQDMv2Config(base=base, **opts), progress=False)
+        model, _, record = run_mpqdm(fp, sched_cfg, bits, cfg=cfg, progress=False)
+        return model, True, record
+    from edgediff.methods.mpqdmv2 import run_mpqdmv2
+
+    model, _, record = run_mpqdmv2(fp, sched_cfg, bits, cfg=cfg, progress=False)
     return model, True, record
+
+
+def row_structure(name: str, fp, sched_cfg, bits: str, args) -> torch.nn.Module:
+    """Row `name`'s quantized model before fine-tuning: its recipe and, for MPQ-DM / MPQ-DMv2,
+    calibration and the split search. Storage depends on this structure only (fine-tuning
+    changes values, not bit widths, residual channels or branch sizes)."""
+    import copy
+
+    from edgediff.methods.mpqdm import prepare
+    from edgediff.quant import default_recipe, quantize_
+
+    row = ROW_DEFS[name]
+    cfg, recipe = row_config(name, fp, bits, args)
+    if row.method == "ptq":
+        model = copy.deepcopy(fp).eval()
+        quantize_(model, default_recipe(bits, model, a_mode=cfg.a_mode), num_steps=args.steps)
+        return model
+    if row.method == "efficientdm":
+        from edgediff.methods.efficientdm import efficientdm_recipe
+
+        model = copy.deepcopy(fp).eval()
+        quantize_(model, recipe or efficientdm_recipe(bits, model, cfg), num_steps=cfg.num_steps)
+        return model
+    if row.method == "mpqdm":
+        from edgediff.methods.mpqdm import mpqdm_recipe
+
+        return prepare(fp, sched_cfg, bits, mpqdm_recipe(bits, fp, cfg), cfg, progress=False)[0]
+    from edgediff.methods.mpqdmv2 import mpqdmv2_recipe
+
+    salient = "residual" if cfg.residual else "bits"
+    recipe = mpqdmv2_recipe(bits, fp, cfg)
+    return prepare(
+        fp, sched_cfg, bits, recipe, cfg, salient=salient, balance=cfg.residual_balance, progress=False
+    )[0]
+
+
+def storage_record(model) -> dict:
+    """`quant.storage_bits` at the stored float width and with floats counted at 16 bits."""
+    from edgediff.quant import storage_bits
+
+    return {"stored": storage_bits(model).to_dict(), "fp16": storage_bits(model, float_bits=16).to_dict()}
 
 
 def _compact(record: dict) -> dict:
@@ -122,17 +212,6 @@ def _compact(record: dict) -> dict:
         out["split_layers_mixed"] = sum(1 for s in split.values() if s["k"] > 0)
         out["split_layers"] = len(split)
     return out
-
-
-def fp_branch_params(model) -> int:
-    """FP parameters deployed next to the integer weights (additive LoRA factors, residual α)."""
-    n = 0
-    for layer in quant_layers(model).values():
-        if layer.lora is not None and layer.lora.mode == "additive":
-            n += layer.lora.A.numel() + layer.lora.B.numel()
-        if layer.residual is not None:
-            n += int(layer.residual.mask.sum())
-    return n
 
 
 def convergence(fp, sched_cfg, args) -> dict:
@@ -183,26 +262,10 @@ def convergence(fp, sched_cfg, args) -> dict:
     return out
 
 
-def quantized_weight_counts() -> dict[str, int]:
-    """Weights in quantized layers of the reference model: default recipe vs MPQ (FP islands kept FP)."""
-    from edgediff.methods.mpqdm import fp_island_names
-
-    fp, _ = load_pipeline_parts("reference")
-    convs = {
-        n: m.weight.numel()
-        for n, m in fp.named_modules()
-        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
-    }
-    islands = set(fp_island_names(fp))
-    return {"default": sum(convs.values()), "mpq": sum(v for n, v in convs.items() if n not in islands)}
-
-
-def _with_branches(row: dict, counts: dict[str, int]) -> str:
-    """Mean stored bits plus the FP branch (additive LoRA, α) at 16 bits, per quantized weight."""
-    if "mean_weight_bits" not in row:
-        return "-"
-    n = counts["mpq" if row["row"].startswith("mpqdm") else "default"]
-    return f"{row['mean_weight_bits'] + 16 * row.get('fp_branch_params', 0) / n:.2f}"
+def _storage(row: dict, key: str) -> str:
+    """Bits per conv/linear weight of the whole model (`quant.storage_bits`), '-' for older rows."""
+    storage = row.get("storage")
+    return f"{storage[key]['bits_per_weight']:.2f}" if storage else "-"
 
 
 def _mixed(training: dict) -> str:
@@ -224,15 +287,16 @@ def write_docs(result: dict, section: str = "mpq", title: str = "MPQ-DM / MPQ-DM
     seeds = result["seeds"]
     by_key = {(r["bits"], r["row"]): r for r in result["rows"]}
     bits_list = [b for b in result.get("bits_order", []) if any(k[0] == b for k in by_key)]
-    counts = quantized_weight_counts()
+    measured = {name for _, name in by_key}
+    never = [name for name in ROWS if name not in measured]  # listed once below the table
     rows = []
     for bits in bits_list:
         for name in ROWS:
             r = by_key.get((bits, name)) or (by_key.get(("FP32", "fp")) if name == "fp" else None)
-            if name == "fp" and bits != bits_list[0]:
+            if (name == "fp" and bits != bits_list[0]) or name in never:
                 continue
             if r is None:
-                rows.append([bits, LABELS[name], *["not run"] * (len(seeds) + 11)])
+                rows.append([bits, LABELS[name], *["not run"] * (len(seeds) + 12)])
                 continue
             fds = [s["fd"] for s in r["per_seed"]]
             psnr = [s.get("paired_psnr") for s in r["per_seed"]]
@@ -251,7 +315,8 @@ def write_docs(result: dict, section: str = "mpq", title: str = "MPQ-DM / MPQ-DM
                     f"{r.get('mean_weight_bits', float('nan')):.2f}" if "mean_weight_bits" in r else "-",
                     str(r.get("fp_branch_params", 0)),
                     _mixed(tr),
-                    _with_branches(r, counts),
+                    _storage(r, "stored"),
+                    _storage(r, "fp16"),
                     f"{r['seconds']:.0f}",
                 ]
             )
@@ -267,7 +332,8 @@ def write_docs(result: dict, section: str = "mpq", title: str = "MPQ-DM / MPQ-DM
         "mean W bits",
         "FP branch params",
         "layers with k > 0",
-        "bits/weight incl. FP16 branches",
+        "bits/weight, all layers (floats FP32)",
+        "bits/weight, all layers (floats FP16)",
         "row s",
     ]
     host = result["host"]
@@ -278,6 +344,10 @@ def write_docs(result: dict, section: str = "mpq", title: str = "MPQ-DM / MPQ-DM
         markdown_table(header, rows),
         "",
         result.get("note", ""),
+        "Bits/weight, all layers: `quant.storage_bits` over every conv/linear weight (FP islands, "
+        "additive LoRA, residual signs and α, scales, zero points and δ included); '-' where the row "
+        "predates that accounting.",
+        (f"Rows defined but not run yet: {', '.join(f'`{n}`' for n in never)}." if never else ""),
         "Analysis, the OMQ split statistics and what each switch does: docs/mpq.md.",
     ]
     for bits in bits_list:
@@ -366,7 +436,16 @@ def main() -> None:
     ap.add_argument("--conv-bits", default="W2A4")
     ap.add_argument("--out", default=str(RESULTS_DIR / "mpq.json"))
     ap.add_argument("--no-docs", action="store_true", help="do not update docs/RESULTS.md")
+    ap.add_argument(
+        "--storage-only",
+        action="store_true",
+        help="only (re)compute the storage accounting of the rows already in --out from each row's "
+        "rebuilt structure (recipe, calibration, split search; no fine-tuning, no sampling)",
+    )
     args = ap.parse_args()
+    if args.storage_only:
+        add_storage(Path(args.out), args)
+        return
     torch.manual_seed(0)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -392,7 +471,7 @@ def main() -> None:
         )
     )
     deviation = (
-        f"Deviation from the protocol: {args.samples} samples per seed instead of 2000 (2-core CPU budget). "
+        f"Reduced protocol: {args.samples} samples per seed instead of 2000 (2-core CPU budget). "
         if args.samples < 2000
         else ""
     )
@@ -483,6 +562,7 @@ def main() -> None:
                 first = images[:GRID_N] if first is None else first
                 scores.append(evaluate_samples(classifier, images, real, fp_samples[seed]).to_dict())
             record = _compact(record)
+            storage = storage_record(model)
             row = {
                 "bits": bits,
                 "row": name,
@@ -490,7 +570,8 @@ def main() -> None:
                 "seconds": time.perf_counter() - t0,
                 "training": {k: v for k, v in record.items() if k not in ("mean_weight_bits",)},
                 "mean_weight_bits": bits_summary(model)["mean_weight_bits"],
-                "fp_branch_params": fp_branch_params(model),
+                "fp_branch_params": storage["stored"]["float_branch_params"],
+                "storage": storage,
                 "per_seed": scores,
                 "grid": [[round(v, 3) for v in r] for r in first.reshape(GRID_N, -1).tolist()],
             }
@@ -504,6 +585,38 @@ def main() -> None:
         save()
         if not args.no_docs:
             write_docs(result, section)
+
+
+def add_storage(out: Path, args) -> None:
+    """Fill `storage` into the (bits, row) entries of `out` that `--bits`/`--rows` select."""
+    result = json.loads(out.read_text())
+    if result.get("host", {}).get("gpu"):
+        raise SystemExit(f"{out} was measured on a GPU; rebuild its structure there (--device cuda)")
+    fp, scheduler = load_pipeline_parts("reference")
+    sched_cfg = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("_")}
+    args.train_seed = result.get("train_seed", 0)
+    for row in result["rows"]:
+        if row["row"] == "fp" or row["bits"] not in args.bits or row["row"] not in args.rows:
+            continue
+        tr = row.get("training") or {}
+        args.batch = tr.get("config", {}).get("batch_size", args.batch)
+        storage = storage_record(row_structure(row["row"], fp, sched_cfg, row["bits"], args))
+        stored = storage["stored"]
+        same = abs(stored["integer_bits_per_weight"] - row.get("mean_weight_bits", -1)) < 1e-9 and stored[
+            "float_branch_params"
+        ] == row.get("fp_branch_params", 0)
+        if not same:  # the rebuilt structure is not the one that was trained: leave the row alone
+            print(row["bits"], row["row"], "rebuilt structure differs from the recorded one; skipped")
+            continue
+        row["storage"] = storage
+        row["storage_from"] = "rebuilt structure, checked against the recorded mean bits and branch size"
+        print(row["bits"], row["row"], round(row["storage"]["stored"]["bits_per_weight"], 3),
+              round(row["storage"]["fp16"]["bits_per_weight"], 3), flush=True)  # fmt: skip
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(out)
+    if not args.no_docs:
+        write_docs(result, section_for(out))
 
 
 if __name__ == "__main__":

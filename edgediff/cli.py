@@ -197,6 +197,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         device=args.device,
         calib_samples=args.calib_samples,
         conditioning=conditioning_request(args),
+        resume=args.resume,
     )
     print(
         f"saved {args.out} ({meta['method']} {meta['bits']}, {meta['seconds']} s): recipe.json, "
@@ -281,6 +282,9 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
         help="FP sampler trajectories used for calibration (default 64)",
     )
     add_conditioning_args(p, "of calibration; default for a label-conditioned model: seeded random labels")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted fine-tuning from OUT.ckpt/"
+    )
     p.add_argument(
         "--device",
         default="auto",

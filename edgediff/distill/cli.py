@@ -36,6 +36,21 @@ def _positive_float(kind: str):
     return parse
 
 
+def _weight(kind: str):
+    """argparse type: a loss weight >= 0."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{kind} must be a number, got {text!r}") from exc
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"{kind} must be >= 0, got {value}")
+        return value
+
+    return parse
+
+
 def budgets_from_args(args: argparse.Namespace) -> dict:
     """One `StageBudget` per student step count: `--iterations` is one value or one per stage."""
     from edgediff.distill.run import StageBudget
@@ -54,14 +69,20 @@ def budgets_from_args(args: argparse.Namespace) -> dict:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from edgediff.distill.rdd import RDDConfig
+    from edgediff.distill.config import RDDConfig
     from edgediff.distill.run import distill
 
     if args.to_steps >= args.from_steps:
         raise EdgediffError(
             f"--to-steps ({args.to_steps}) must be smaller than --from-steps ({args.from_steps})"
         )
-    rdd = RDDConfig(weight_pd=args.pd_weight, released_enqueue_reshape=args.released_enqueue_reshape)
+    rdd = RDDConfig(
+        weight_cfd=args.cfd_weight,
+        weight_is=args.is_weight,
+        weight_queue=args.queue_weight,
+        weight_pd=args.pd_weight,
+        released_enqueue_reshape=args.released_enqueue_reshape,
+    )
     records = distill(
         args.model,
         args.method,
@@ -84,6 +105,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 def add_distill_command(sub: argparse._SubParsersAction) -> None:
     """Register `edgediff distill` on the top-level parser."""
     from edgediff.cli import positive_int
+    from edgediff.distill.config import RDDConfig
 
     p = sub.add_parser(
         "distill",
@@ -112,7 +134,15 @@ def add_distill_command(sub: argparse._SubParsersAction) -> None:
         default=8,
         help="rdd: PD stages down to this many steps, RDD below (8, as the paper)",
     )
-    p.add_argument("--pd-weight", type=float, default=0.0, help="rdd: weight of the PD pixel term (0: off)")
+    weights = RDDConfig()
+    for flag, default, what in (
+        ("--cfd-weight", weights.weight_cfd, "classifier-feature term CFD"),
+        ("--is-weight", weights.weight_is, "in-batch pixel relation term IS_P2P (0: off)"),
+        ("--queue-weight", weights.weight_queue, "memory-queue relation term M_P2P (0: off)"),
+        ("--pd-weight", weights.weight_pd, "PD pixel term (0: off)"),
+    ):
+        help_text = f"rdd: weight of the {what} ({default:g})"
+        p.add_argument(flag, type=_weight(flag), default=default, help=help_text)
     p.add_argument(
         "--released-enqueue-reshape",
         action="store_true",

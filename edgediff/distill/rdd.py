@@ -13,7 +13,8 @@ of the feature losses). Its two feature spaces:
 
 Teacher side = the PD target image `x̃`, student side = the student's `x̂0` (both unclipped,
 as in RCFD's code). Total loss as in the released command:
-`L = w_cfd·L_CFD + w_is·L_IS + w_m·L_M (+ w_pd·L_PD, off by default)` with
+`L = w_cfd·L_CFD + w_is·L_IS + w_m·L_M (+ w_pd·L_PD, off by default)` (a term whose weight is 0
+is not computed; `w_is = w_m = 0` is RCFD, the CFD term alone) with
 * `L_CFD = KL(softmax(φ_vec(x̃)/0.9) ‖ softmax(φ_vec(x̂0)))` (`feature_kl`),
 * `L_IS`  = in-batch pixel relation KL on `φ_map` over all sample pairs (`batch_relation_kl`),
 * `L_M`   = student pixels through a trainable projection head vs `anchors` evenly spaced rows
@@ -26,11 +27,10 @@ anchors, 64 teacher pixels enqueued per step (the queue turns over every 64 step
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 from torch import Tensor, nn
 
+from edgediff.distill.config import RDDConfig
 from edgediff.distill.pd import PDBatch, truncated_snr_loss
 from edgediff.distill.relation import (
     MemoryQueue,
@@ -43,25 +43,6 @@ from edgediff.distill.relation import (
 )
 from edgediff.errors import EdgediffError
 from edgediff.reference.classifier import TinyCNN
-
-
-@dataclass(frozen=True)
-class RDDConfig:
-    """RDD loss weights and queue sizes (docs/methods.md 4.4, scaled to the 64-channel `φ_map`)."""
-
-    teacher_temperature: float = 0.9
-    weight_cfd: float = 1.0
-    weight_is: float = 1.0
-    weight_queue: float = 0.1
-    weight_pd: float = 0.0  # the released command trains without the pixel PD term
-    queue_size: int = 4096
-    anchors: int = 1024
-    enqueue: int = 64
-    queue_tau: float = 0.1
-    released_enqueue_reshape: bool = False
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class FrozenFeatures(nn.Module):
@@ -118,23 +99,21 @@ class RDDLoss(nn.Module):
         with torch.no_grad():
             map_t, vec_t = self.features(batch.x_tilde)
         map_s, vec_s = self.features(batch.x_hat)
-        parts = {
-            "cfd": feature_kl(vec_t, vec_s, cfg.teacher_temperature),
-            "is_p2p": batch_relation_kl(map_t, map_s),
-        }
-        anchors = self.queue.anchors(cfg.anchors)
-        proj = self.head(map_s)
-        parts["m_p2p"] = queue_relation_kl(
-            pixel_embeddings(map_t).reshape(-1, map_t.shape[1]),
-            pixel_embeddings(proj).reshape(-1, proj.shape[1]),
-            anchors,
-            tau=cfg.queue_tau,
-        )
-        total = (
-            cfg.weight_cfd * parts["cfd"]
-            + cfg.weight_is * parts["is_p2p"]
-            + cfg.weight_queue * parts["m_p2p"]
-        )
+        parts: dict[str, Tensor] = {}
+        if cfg.weight_cfd:
+            parts["cfd"] = feature_kl(vec_t, vec_s, cfg.teacher_temperature)
+        if cfg.weight_is:
+            parts["is_p2p"] = batch_relation_kl(map_t, map_s)
+        if cfg.weight_queue:
+            proj = self.head(map_s)
+            parts["m_p2p"] = queue_relation_kl(
+                pixel_embeddings(map_t).reshape(-1, map_t.shape[1]),
+                pixel_embeddings(proj).reshape(-1, proj.shape[1]),
+                self.queue.anchors(cfg.anchors),
+                tau=cfg.queue_tau,
+            )
+        weights = {"cfd": cfg.weight_cfd, "is_p2p": cfg.weight_is, "m_p2p": cfg.weight_queue}
+        total = sum((weights[k] * v for k, v in parts.items()), map_s.new_zeros(()))
         if cfg.weight_pd:
             parts["pd"] = truncated_snr_loss(batch)
             total = total + cfg.weight_pd * parts["pd"]

@@ -4,7 +4,9 @@ Each stage trains a student (initialised from its teacher) on the one training l
 a diffusers folder `OUT/<method>-<2N>to<N>/` with `distill.json` (sampler settings, budget, wall
 time, final loss), and the student becomes the next teacher. A stage folder that holds
 `distill.json` is finished and skipped on rerun; inside a stage, `TrainLoop` checkpoints in
-`OUT/.ckpt/<stage>/` let an interrupted stage resume.
+`OUT/.ckpt/<stage>/` let an interrupted stage resume (automatically, on the rerun).
+Under `accelerate launch` a PD stage trains each process on its slice of the global batch
+(the same update as one process, up to float reduction order); RDD stages need one process.
 
 `rdd` follows the paper's pipeline: PD stages down to `rdd_from` steps (default 8), RDD for the
 later halvings. The PD stages use the same folder names as a `pd` run, so `pd` and `rdd` runs
@@ -32,7 +34,7 @@ from edgediff.reference.classifier import TinyCNN, load_classifier
 from edgediff.reference.data import load_digits16
 from edgediff.reference.model import BUNDLED_CLASSIFIER, load_pipeline_parts, save_pipeline
 from edgediff.sampling import DEFAULT_SPACING
-from edgediff.train.loop import LoopConfig, TrainLoop, seed_everything
+from edgediff.train.loop import LoopConfig, TrainLoop, is_main_process, seed_everything
 from edgediff.utils.atomic import atomic_file, check_writable
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,18 @@ class Stage:
 
 
 def rdd_variant(cfg: RDDConfig) -> str:
-    """Folder tag of a non-default RDD objective, so that variants never reuse each other's stages."""
-    parts = [f"pd{cfg.weight_pd:g}"] if cfg.weight_pd else []
+    """Folder tag of a non-default RDD objective, so that variants never reuse each other's stages.
+
+    Term weights that differ from the defaults are tagged `cfd<w>`, `is<w>`, `m<w>` (so RCFD,
+    `is0+m0`, gets its own stages), the PD pixel term `pd<w>`.
+    """
+    default = RDDConfig()
+    parts = [
+        f"{tag}{getattr(cfg, field):g}"
+        for tag, field in (("cfd", "weight_cfd"), ("is", "weight_is"), ("m", "weight_queue"))
+        if getattr(cfg, field) != getattr(default, field)
+    ]
+    parts += [f"pd{cfg.weight_pd:g}"] if cfg.weight_pd else []
     if cfg.released_enqueue_reshape:
         parts.append("released")
     return "+".join(parts)
@@ -168,6 +180,11 @@ def train_stage(
         checkpoint_dir=checkpoint_dir,
         extra_modules=extra,
     )
+    if rdd_loss is not None and loop.num_processes > 1:
+        raise EdgediffError(
+            "RDD stages train in one process (the in-batch relation and the memory queue span the "
+            "whole batch); run them without accelerate launch, or use --method pd"
+        )
     loop.maybe_resume()
     teacher.to(loop.device)
     if rdd_loss is not None:
@@ -182,6 +199,7 @@ def train_stage(
         x0 = data[idx].to(loop.device)
         noise = torch.randn(x0.shape, generator=generator).to(loop.device)
         k = torch.randint(0, stage.student_steps, (budget.batch_size,), generator=generator)
+        x0, noise, k = loop.shard(x0), loop.shard(noise), loop.shard(k)  # this process's slice
         batch = pd_batch(teacher, loop.model, x0, noise, k, grid)
         if rdd_loss is None:
             return truncated_snr_loss(batch)
@@ -279,8 +297,9 @@ def distill(
             progress=progress,
         )
         record["teacher"] = str(model) if i == 0 else str(out / stages[i - 1].name)
-        save_stage(student.cpu(), scheduler, folder, record)
-        shutil.rmtree(ckpt, ignore_errors=True)
+        if is_main_process():
+            save_stage(student.cpu(), scheduler, folder, record)
+            shutil.rmtree(ckpt, ignore_errors=True)
         records.append(record)
         teacher = student
     return records

@@ -7,6 +7,7 @@ themselves are registered in `registry.py` (one module each).
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from edgediff.bitspec import BitSetting
 from edgediff.errors import EdgediffError
 from edgediff.models.conditioning import ConditioningRequest
+from edgediff.train.loop import is_main_process, process_device
 
 
 def quantize_model(
@@ -33,6 +35,7 @@ def quantize_model(
     device: str = "auto",
     calib_samples: int = 64,
     conditioning: ConditioningRequest | None = None,
+    resume: bool = False,
 ) -> dict:
     """Run `method` at `bits` on the FP model folder (or 'reference'); write `out`; return its meta.
 
@@ -47,8 +50,12 @@ def quantize_model(
     tensors either way. `calib_samples`: FP trajectories for calibration. `conditioning`: the
     calibration (and fine-tuning) conditions and guidance; a label-conditioned model without
     `--labels` gets seeded random labels (`edgediff.models.conditioning.build_conditioning`).
+    Fine-tuned methods checkpoint into `OUT.ckpt/` every tenth of the updates (removed on
+    success); `resume` continues from there (`edgediff quantize --resume`; a method registered
+    with `resumable=False`, ptq, refuses it). Under `accelerate launch` every process trains its
+    slice of the batch; the main one writes `out`.
     """
-    from edgediff.methods.registry import QuantizeJob, check_options, get_method
+    from edgediff.methods.registry import QuantizeJob, check_options, get_method, methods
     from edgediff.models.conditioning import build_conditioning
     from edgediff.models.loading import load_fp
     from edgediff.quant import Recipe, save_quantized
@@ -56,7 +63,10 @@ def quantize_model(
 
     spec = get_method(method)
     setting = None if bits is None else BitSetting.of(bits)
-    target = resolve_device(device)
+    target = process_device(resolve_device(device))
+    if resume and not spec.resumable:
+        resumable = ", ".join(name for name, m in methods().items() if m.resumable)
+        raise EdgediffError(f"--resume applies to the fine-tuned methods ({resumable}); drop it for {method}")
     options = dict(options or {})
     check_options(spec, options)
     if symmetric_weights and not spec.symmetric_weights:
@@ -106,6 +116,8 @@ def quantize_model(
         calib_samples=calib_samples,
         conditioning=cond,
         guidance_scale=request.guidance if request.guided else None,
+        checkpoint_dir=checkpoint_folder(out) if spec.resumable else None,
+        resume=resume,
     )
     t0 = time.perf_counter()
     qmodel, recipe, record = spec.run(job, options)
@@ -123,8 +135,18 @@ def quantize_model(
     base_config = {k: v for k, v in dict(fp.config).items() if not k.startswith("_")}
     sched_cfg = {k: v for k, v in sched_cfg.items() if not k.startswith("_")}
     meta["device"] = str(target)
-    save_quantized(qmodel.cpu(), recipe, out, base_config, sched_cfg, meta, label_table=loaded.label_table)
+    if is_main_process():
+        save_quantized(
+            qmodel.cpu(), recipe, out, base_config, sched_cfg, meta, label_table=loaded.label_table
+        )
+        shutil.rmtree(checkpoint_folder(out), ignore_errors=True)
     return meta
+
+
+def checkpoint_folder(out: str | Path) -> Path:
+    """`OUT.ckpt/`: the fine-tuning checkpoint of the quantized folder `OUT` (gone once it is saved)."""
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
 
 
 def _conditioning_record(request: ConditioningRequest, cond) -> dict:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from edgediff.errors import EdgediffError
 from edgediff.models.call import denoise
 from edgediff.models.conditioning import Conditioning, guided_batch
 from edgediff.models.signature import signature_of
@@ -23,6 +24,9 @@ class TrajectoryStream:
     conditions of that batch are in `cond` (pass them to `quant_forward`). Trajectory k takes
     rows `k*B .. k*B+B-1` (cycled) of `conditioning`. With `guidance_scale` the FP latent follows
     the guided sampler and the returned batch is the model call's `[x; x]` with `[cond; null]`.
+    `shard=(rank, world)`: each trajectory's noise (and its condition rows) is drawn for the
+    global `batch_size` and this process keeps its contiguous slice (samples evolve independently
+    under DDIM, so the slices of all processes together are the one-process batch).
     """
 
     fp: nn.Module
@@ -34,8 +38,15 @@ class TrajectoryStream:
     eta: float = 0.0
     conditioning: Conditioning | None = None
     guidance_scale: float | None = None
+    shard: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
+        rank, world = self.shard
+        if world < 1 or not 0 <= rank < world or self.batch_size % world:
+            raise EdgediffError(
+                f"a fine-tuning batch of {self.batch_size} does not split over {world} processes; "
+                f"use a multiple of {world}"
+            )
         self._cond_all = self.conditioning or Conditioning({})
         self._guided = self.guidance_scale is not None and self.guidance_scale != 1.0
         self._trajectory = 0
@@ -52,7 +63,10 @@ class TrajectoryStream:
     @torch.no_grad()
     def next(self) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._i >= self.num_steps:
-            self._x = torch.randn((self.batch_size, *self.sample_shape), generator=self._gen).to(self.device)
+            noise = torch.randn((self.batch_size, *self.sample_shape), generator=self._gen)
+            rank, world = self.shard
+            per = self.batch_size // world
+            self._x = noise[rank * per : (rank + 1) * per].to(self.device)
             self._i = 0
             self._new_conditions()
         i, t = self._i, self._timesteps[self._i]
@@ -69,11 +83,28 @@ class TrajectoryStream:
     def _new_conditions(self) -> None:
         if not self._cond_all:
             return
-        start = self._trajectory * self.batch_size
-        idx = torch.arange(start, start + self.batch_size) % self._cond_all.batch
+        rank, world = self.shard
+        per = self.batch_size // world
+        start = self._trajectory * self.batch_size + rank * per
+        idx = torch.arange(start, start + per) % self._cond_all.batch
         rows = self._cond_all.rows(idx).to(self.device)
         self.cond = guided_batch(rows) if self._guided else rows.values
         self._trajectory += 1
+
+    def state_dict(self) -> dict:
+        """Position in the current trajectory, its latent, the noise generator and the trajectory
+        count that picks the condition rows (exact resume)."""
+        x = None if self._x is None else self._x.cpu()
+        return {"i": self._i, "x": x, "generator": self._gen.get_state(), "trajectory": self._trajectory}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._i = int(state["i"])
+        self._x = None if state["x"] is None else state["x"].to(self.device)
+        self._gen.set_state(state["generator"])
+        self._trajectory = int(state.get("trajectory", 0))
+        if self._trajectory and self._cond_all:
+            self._trajectory -= 1  # rebuild the current trajectory's conditions
+            self._new_conditions()
 
 
 def quant_forward(

@@ -14,7 +14,6 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +29,10 @@ from edgediff.quant import (
     calibrate,
     collect_calibration,
     default_recipe,
+    quant_layers,
     quantize_,
 )
-from edgediff.train.loop import LoopConfig, TrainLoop, seed_everything
+from edgediff.train.loop import Checkpointing, LoopConfig, TrainLoop, seed_everything
 
 
 @dataclass(frozen=True)
@@ -93,13 +93,29 @@ def base_config(job: QuantizeJob) -> EfficientDMConfig:
     )
 
 
+def run_fingerprint(model: nn.Module, fp: nn.Module, cfg: EfficientDMConfig) -> dict:
+    """What a checkpoint must match to be resumed: the config, every quantized layer's settings
+    (bits, LoRA, residual, ...) and a digest of the FP weights (another source model differs)."""
+    with torch.no_grad():
+        digest = sum(float(p.double().abs().sum()) for p in fp.parameters())
+    layers = [f"{name}: {layer.config}" for name, layer in quant_layers(model).items()]
+    return {"config": asdict(cfg), "layers": layers, "fp_digest": round(digest, 6)}
+
+
+def _conditioning_fingerprint(conditioning: Conditioning | None, guidance_scale: float | None) -> dict:
+    """The trajectories' conditions and guidance, for the checkpoint fingerprint."""
+    with torch.no_grad():
+        values = (conditioning or Conditioning({})).values
+        cond = {k: round(float(v.double().abs().sum()), 6) for k, v in values.items()}
+    return {"conditioning": cond, "guidance_scale": guidance_scale}
+
+
 def finetune(
     model: nn.Module,
     fp: nn.Module,
     scheduler_config: dict,
     cfg: EfficientDMConfig,
     extra_loss=None,
-    checkpoint_dir: Path | None = None,
     progress: bool = True,
     description: str = "efficientdm",
     groups: list[dict] | None = None,
@@ -108,6 +124,8 @@ def finetune(
     guidance_scale: float | None = None,
     task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     schedule: str = "linear",
+    checkpoints: Checkpointing = Checkpointing(),
+    fingerprint: dict | None = None,
 ) -> dict:
     """Distil `fp` into the quantized `model` along FP trajectories; returns the training record.
 
@@ -117,20 +135,14 @@ def finetune(
     `conditioning`/`guidance_scale` condition the FP trajectories (`TrajectoryStream`).
     `task_loss(quantized_output, fp_output)` replaces the MSE (Q-VDiT's TMD); `schedule` is the
     learning-rate decay (`LoopConfig.schedule`).
+    `checkpoints`: the full state (model, optimizer, schedule, RNG, trajectory stream,
+    `extra_loss` state) is written to `checkpoints.folder` every `checkpoints.every` updates;
+    `checkpoints.resume` continues from it (refused when written under another `fingerprint`).
+    Under `accelerate launch` each process trains on its slice of the global `batch_size`.
     """
     seed_everything(cfg.seed)
     for p in fp.parameters():
         p.requires_grad_(False)
-    stream = TrajectoryStream(
-        fp,
-        scheduler_config,
-        cfg.num_steps,
-        cfg.batch_size,
-        sample_shape(fp),
-        cfg.seed,
-        conditioning=conditioning,
-        guidance_scale=guidance_scale,
-    )
     loop = TrainLoop(
         model,
         LoopConfig(
@@ -141,12 +153,35 @@ def finetune(
             seed=cfg.seed,
             progress=progress,
             description=description,
-            checkpoint_every=0,
+            checkpoint_every=checkpoints.every,
         ),
         param_groups=groups if groups is not None else param_groups(model, cfg),
-        checkpoint_dir=checkpoint_dir,
-        device=stream.device,  # train where the FP model runs (its trajectories feed the loss)
+        checkpoint_dir=checkpoints.folder,
+        device=next(fp.parameters()).device,  # train where the FP model runs (its trajectories feed the loss)
+        fingerprint={
+            **run_fingerprint(model, fp, cfg),
+            **_conditioning_fingerprint(conditioning, guidance_scale),
+            **(fingerprint or {}),
+        },
     )
+    shard = (loop.accelerator.process_index, loop.num_processes)
+    stream = TrajectoryStream(
+        fp,
+        scheduler_config,
+        cfg.num_steps,
+        cfg.batch_size,
+        sample_shape(fp),
+        cfg.seed,
+        conditioning=conditioning,
+        guidance_scale=guidance_scale,
+        shard=shard,
+    )
+    loop.extra_modules = {"stream": stream}
+    if extra_loss is not None and hasattr(extra_loss, "state_dict"):
+        loop.extra_modules["extra_loss"] = extra_loss
+    if checkpoints.resume:
+        loop.maybe_resume()
+    start = loop.step
 
     def loss_fn(update: int) -> torch.Tensor:
         if on_step is not None:
@@ -165,6 +200,8 @@ def finetune(
     model.eval()
     return {
         "updates": cfg.updates,
+        "resumed_at_update": start,
+        "processes": loop.num_processes,
         "seconds": round(time.perf_counter() - t0, 1),
         "loss_first_50": float(sum(losses[:50]) / max(1, len(losses[:50]))),
         "loss_last_50": float(sum(losses[-50:]) / max(1, len(losses[-50:]))),
@@ -181,8 +218,10 @@ def run_efficientdm(
     progress: bool = True,
     conditioning: Conditioning | None = None,
     guidance_scale: float | None = None,
+    checkpoints: Checkpointing = Checkpointing(),
 ) -> tuple[nn.Module, Recipe, dict]:
     """Quantize, calibrate on FP trajectories, then fine-tune; returns (model, recipe, training record)."""
+    seed_everything(cfg.seed)  # the LoRA factors are drawn from the global generator
     model = copy.deepcopy(fp).eval()
     recipe = recipe or efficientdm_recipe(bits, model, cfg)
     quantize_(model, recipe, num_steps=cfg.num_steps)
@@ -206,6 +245,7 @@ def run_efficientdm(
         progress=progress,
         conditioning=conditioning,
         guidance_scale=guidance_scale,
+        checkpoints=checkpoints,
     )
     return model, recipe, record
 
@@ -225,6 +265,7 @@ def run_job(job: QuantizeJob, options: dict) -> tuple[nn.Module, Recipe, dict]:
         job.progress,
         conditioning=job.conditioning,
         guidance_scale=job.guidance_scale,
+        checkpoints=job.checkpoints(),
     )
 
 

@@ -35,7 +35,9 @@ from edgediff.quant import (
     default_recipe,
     quant_layers,
     quantize_,
+    storage_bits,
 )
+from edgediff.train.loop import Checkpointing, seed_everything
 
 OMQ_HELP = "OMQ split search (mpqdm default on, mpqdmv2 off)"
 
@@ -128,19 +130,18 @@ def searched_recipe(model: nn.Module, recipe: Recipe, choices: dict[str, SplitCh
 
 
 def bits_summary(model: nn.Module) -> dict:
-    """Weight-count-weighted mean stored bits of the quantized layers (binary-residual sign bits
-    included, one per weight of a residual channel) and the residual channel count."""
-    total = bits = 0.0
-    residual_channels = 0
-    for layer in quant_layers(model).values():
-        per_row = layer.weight[0].numel()
-        total += layer.weight.numel()
-        bits += float(layer.weight_quant.bits.double().sum()) * per_row
-        if layer.residual is not None:
-            n = int(layer.residual.mask.sum())
-            residual_channels += n
-            bits += n * per_row
-    return {"mean_weight_bits": bits / max(total, 1.0), "residual_channels": residual_channels}
+    """Mean stored bits of the quantized weights (binary-residual sign bits included), the
+    residual channel count, and the whole-model accounting of `quant.storage_bits` (float
+    layers and branches at their stored width, all conv/linear weights in the denominator)."""
+    report = storage_bits(model)
+    residual_channels = sum(
+        int(layer.residual.mask.sum()) for layer in quant_layers(model).values() if layer.residual is not None
+    )
+    return {
+        "mean_weight_bits": report.integer_bits_per_weight,
+        "residual_channels": residual_channels,
+        "bits_per_weight": report.bits_per_weight,
+    }
 
 
 def prepare(
@@ -156,6 +157,7 @@ def prepare(
 ) -> tuple[nn.Module, Recipe, dict, CalibrationData]:
     """Copy, quantize, calibrate (δ, ranges), OMQ search; returns (model, final recipe, record, data)."""
     base_bits = BitSetting.of(bits).w
+    seed_everything(cfg.base.seed)  # the LoRA factors are drawn from the global generator
     model = copy.deepcopy(fp).eval()
     quantize_(model, recipe, num_steps=cfg.base.num_steps)
     data = collect_calibration(
@@ -236,6 +238,22 @@ class DistillTerms:
     def summary(self) -> dict:
         return {f"{k}_mean": self.sums[k] / self.counts[k] for k in self.sums if self.counts[k]}
 
+    def state_dict(self) -> dict:
+        """Running sums and the TRD window / MTRD queue (the feature taps are refilled every step)."""
+        return {
+            "sums": dict(self.sums),
+            "counts": dict(self.counts),
+            "trd": self.trd.state_dict() if self.trd is not None else None,
+            "mtrd": self.mtrd.state_dict() if self.mtrd is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+        if self.trd is not None:
+            self.trd.load_state_dict(state["trd"])
+        if self.mtrd is not None:
+            self.mtrd.load_state_dict(state["mtrd"])
+
     def close(self) -> None:
         self.fp_tap.remove()
         self.q_tap.remove()
@@ -251,6 +269,7 @@ def run_finetune(
     on_step: Callable | None = None,
     progress: bool = True,
     description: str = "mpqdm",
+    checkpoints: Checkpointing = Checkpointing(),
 ) -> dict:
     """`efficientdm.finetune` with the TRD (and MTRD) terms hooked in."""
     trd = TRDLoss(cfg.trd_window, cfg.trd_tau, cfg.trd_weight, cfg.trd_mode) if cfg.trd else None
@@ -266,6 +285,8 @@ def run_finetune(
             description=description,
             groups=groups,
             on_step=on_step,
+            checkpoints=checkpoints,
+            fingerprint={"method_config": asdict(cfg)},
         )
     finally:
         if terms is not None:
@@ -282,12 +303,13 @@ def run_mpqdm(
     recipe: Recipe | None = None,
     cfg: MPQDMConfig | None = None,
     progress: bool = True,
+    checkpoints: Checkpointing = Checkpointing(),
 ) -> tuple[nn.Module, Recipe, dict]:
     """MPQ-DM end to end; returns (model, recipe with the searched bits, record)."""
     cfg = cfg or MPQDMConfig()
     recipe = recipe or mpqdm_recipe(bits, fp, cfg)
     model, final, record, _ = prepare(fp, scheduler_config, bits, recipe, cfg, progress=progress)
-    record.update(run_finetune(model, fp, scheduler_config, cfg, progress=progress))
+    record.update(run_finetune(model, fp, scheduler_config, cfg, progress=progress, checkpoints=checkpoints))
     record["method_config"] = asdict(cfg)
     return model, final, record
 
@@ -295,7 +317,9 @@ def run_mpqdm(
 def run_job(job: QuantizeJob, options: dict) -> tuple[nn.Module, Recipe, dict]:
     """`edgediff quantize --method mpqdm` with the given switches."""
     cfg = MPQDMConfig(base=base_config(job), **options)
-    return run_mpqdm(job.fp, job.scheduler_config, job.bits, job.recipe, cfg, job.progress)
+    return run_mpqdm(
+        job.fp, job.scheduler_config, job.bits, job.recipe, cfg, job.progress, checkpoints=job.checkpoints()
+    )
 
 
 METHOD = register(

@@ -35,6 +35,7 @@ from edgediff.methods.oolri import oolri_init
 from edgediff.methods.registry import Method, QuantizeJob, cli_field, register
 from edgediff.methods.trd import last_decoder_block
 from edgediff.quant import BitSetting, LoRASpec, Recipe, ResidualSpec, quant_layers
+from edgediff.train.loop import Checkpointing
 
 LORA_INITS = ("svd", "zero")
 LORA_MODES = ("additive", "merged")
@@ -163,6 +164,7 @@ def run_mpqdmv2(
     cfg: MPQDMv2Config | None = None,
     progress: bool = True,
     on_step: Callable | None = None,
+    checkpoints: Checkpointing = Checkpointing(),
 ) -> tuple[nn.Module, Recipe, dict]:
     """MPQ-DMv2 end to end; returns (model, recipe with the searched bits/residuals, record)."""
     cfg = cfg or MPQDMv2Config()
@@ -193,6 +195,7 @@ def run_mpqdmv2(
             on_step=on_step,
             progress=progress,
             description="mpqdmv2",
+            checkpoints=checkpoints,
         )
     )
     record["method_config"] = asdict(cfg)
@@ -202,7 +205,9 @@ def run_mpqdmv2(
 def run_job(job: QuantizeJob, options: dict) -> tuple[nn.Module, Recipe, dict]:
     """`edgediff quantize --method mpqdmv2` with the given switches."""
     cfg = MPQDMv2Config(base=base_config(job), **options)
-    return run_mpqdmv2(job.fp, job.scheduler_config, job.bits, job.recipe, cfg, job.progress)
+    return run_mpqdmv2(
+        job.fp, job.scheduler_config, job.bits, job.recipe, cfg, job.progress, checkpoints=job.checkpoints()
+    )
 
 
 METHOD = register(

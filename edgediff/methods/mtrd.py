@@ -57,6 +57,15 @@ class MTRDLoss:
         self.time_mode, self.time_window, self.time_scale = time_mode, time_window, time_scale
         self._gen = torch.Generator().manual_seed(seed)
 
+    def state_dict(self) -> dict:
+        """The queue and the pixel-sampling generator (exact resume)."""
+        queue = {k: v.cpu() for k, v in self.queue.state_dict().items()}
+        return {"queue": queue, "generator": self._gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.queue.load_state_dict(state["queue"])
+        self._gen.set_state(state["generator"])
+
     def _pixels(self, feat: Tensor, idx: Tensor) -> Tensor:
         c = feat.shape[1]
         return F.normalize(feat.permute(0, 2, 3, 1).reshape(-1, c)[idx], dim=-1)

@@ -79,5 +79,12 @@ def run_job(job: QuantizeJob, options: dict) -> tuple[nn.Module, Recipe, dict]:
 
 
 METHOD = register(
-    Method("ptq", PTQConfig, run_job, help="calibration only (static activations)", symmetric_weights=True)
+    Method(
+        "ptq",
+        PTQConfig,
+        run_job,
+        help="calibration only (static activations)",
+        symmetric_weights=True,
+        resumable=False,
+    )
 )

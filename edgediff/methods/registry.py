@@ -16,6 +16,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgediff.bitspec import BitSetting
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
     from edgediff.models.conditioning import Conditioning
     from edgediff.quant.recipe import Recipe
+    from edgediff.train.loop import Checkpointing
 
 #: How a config field appears on the command line.
 KINDS = ("value", "choice", "switch_off", "switch_on", "on_off")
@@ -68,7 +70,9 @@ class QuantizeJob:
     a user recipe (None: the method's preset for `bits`), the per-step table size `num_steps`,
     the fine-tuning budget (`updates`, `batch`; None: the method's default), the seed, the
     number of calibration trajectories and their conditioning (None: unconditional) with the
-    classifier-free guidance scale (None: unguided)."""
+    classifier-free guidance scale (None: unguided). A fine-tuned method checkpoints into
+    `checkpoint_dir` (None: no checkpoints) every tenth of its updates and, with `resume`,
+    continues from the checkpoint there (`checkpoints()`)."""
 
     fp: nn.Module
     scheduler_config: dict
@@ -83,6 +87,17 @@ class QuantizeJob:
     calib_samples: int = 64
     conditioning: Conditioning | None = None
     guidance_scale: float | None = None
+    checkpoint_dir: Path | None = None
+    resume: bool = False
+
+    def checkpoints(self, default_updates: int = 1000) -> Checkpointing:
+        """The fine-tuning checkpoint plan: every tenth of the updates into `checkpoint_dir`."""
+        from edgediff.train.loop import Checkpointing
+
+        if self.checkpoint_dir is None:
+            return Checkpointing(resume=self.resume)
+        every = max(1, (self.updates or default_updates) // 10)
+        return Checkpointing(folder=self.checkpoint_dir, every=every, resume=self.resume)
 
 
 @dataclass(frozen=True)
@@ -90,7 +105,8 @@ class Method:
     """A registered method. `config`: its dataclass (fields built with `cli_field` are CLI options);
     `run(job, options)`; `symmetric_weights`: whether `--symmetric-weights` applies;
     `conditioned_models`: whether it runs on conditioned models and classes other than
-    `UNet2DModel` (MPQ-DM's decoder-feature losses are UNet2DModel-specific)."""
+    `UNet2DModel` (MPQ-DM's decoder-feature losses are UNet2DModel-specific); `resumable`:
+    whether it fine-tunes with checkpoints (`edgediff quantize --resume`)."""
 
     name: str
     config: type
@@ -98,6 +114,7 @@ class Method:
     help: str
     symmetric_weights: bool = False
     conditioned_models: bool = True
+    resumable: bool = True
 
     def __post_init__(self) -> None:
         if not is_dataclass(self.config):

@@ -70,6 +70,21 @@ class TRDLoss:
         self._inputs: deque[tuple[int, Tensor, Tensor]] = deque(maxlen=window)
         self._last_step = -1
 
+    def state_dict(self) -> dict:
+        """The current window (FP features, inputs) and the last step seen (exact resume)."""
+        return {
+            "fp": [f.cpu() for f in self._fp],
+            "inputs": [(s, x.cpu(), t.cpu()) for s, x, t in self._inputs],
+            "last_step": self._last_step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._fp.clear()
+        self._inputs.clear()
+        self._fp.extend(state["fp"])
+        self._inputs.extend(state["inputs"])
+        self._last_step = int(state["last_step"])
+
     def __call__(
         self,
         step: int,
@@ -85,6 +100,11 @@ class TRDLoss:
             self._fp.clear()
             self._inputs.clear()
         self._last_step = step
+        if self._fp and self._fp[0].device != fp_feat.device:  # restored from a CPU checkpoint
+            self._fp = deque((f.to(fp_feat.device) for f in self._fp), maxlen=self.window)
+            self._inputs = deque(
+                ((s, xx.to(x.device), tt.to(t.device)) for s, xx, tt in self._inputs), maxlen=self.window
+            )
         self._fp.append(fp_feat.detach())
         self._inputs.append((step, x, t))
         if len(self._fp) < self.window or (step + 1) % self.window:

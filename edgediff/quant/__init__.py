@@ -23,6 +23,7 @@ from edgediff.quant.recipe import (
     default_recipe,
 )
 from edgediff.quant.spec import QuantLayerSpec, dequant, dequant_weight
+from edgediff.quant.storage import StorageReport, storage_bits
 
 __all__ = [
     "ActQuantizer",
@@ -38,6 +39,7 @@ __all__ = [
     "QuantReport",
     "Recipe",
     "ResidualSpec",
+    "StorageReport",
     "WeightQuantizer",
     "calibrate",
     "collect_calibration",
@@ -50,4 +52,5 @@ __all__ = [
     "quantize_",
     "save_quantized",
     "set_step",
+    "storage_bits",
 ]

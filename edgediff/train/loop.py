@@ -3,17 +3,26 @@
 Used by the reference trainer, quantization-aware fine-tuning and step distillation. A task
 supplies `loss_fn(step) -> Tensor`; the loop owns the optimizer step, gradient clipping,
 warm-up + schedule, EMA, progress bar, periodic checkpoints and resumption. One process on a
-laptop; `accelerate launch` runs the same code on several GPUs.
+laptop; `accelerate launch` runs the same code on several processes (data parallel).
+
+Several processes: every process draws the same *global* batch from the same seeds and trains
+on its own contiguous slice of it (`TrainLoop.shard`); DDP averages the gradients, so with a
+per-sample-mean loss one update equals the one-process update on the global batch up to the
+floating-point order of the reduction. The learning-rate schedule advances once per update
+whatever the process count (it is not handed to `accelerate.prepare`, which would step it once
+per process). Only the main process writes checkpoints.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -22,7 +31,9 @@ from accelerate.state import AcceleratorState, PartialState
 from torch import nn
 from tqdm.auto import tqdm
 
+from edgediff.errors import EdgediffError
 from edgediff.train.ema import EMA
+from edgediff.utils.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,48 @@ class LoopConfig:
     seed: int = 0
     progress: bool = True
     description: str = "train"
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where a run writes its checkpoint, every how many updates, and whether it resumes from it."""
+
+    folder: Path | None = None
+    every: int = 0
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise EdgediffError(f"checkpoint interval must be >= 0 updates, got {self.every}")
+        if self.resume and self.folder is None:
+            raise EdgediffError("resuming needs a checkpoint folder")
+
+
+class Stateful(Protocol):
+    """Anything whose state goes into a checkpoint (modules, data streams, loss bookkeeping)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> Any: ...
+
+
+def launched_processes() -> tuple[int, int, int]:
+    """`(rank, local_rank, world_size)` set by `accelerate launch` / torchrun; `(0, 0, 1)` otherwise."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    """True outside a multi-process launch and on rank 0 inside one (the process that writes files)."""
+    return launched_processes()[0] == 0
+
+
+def process_device(device: torch.device) -> torch.device:
+    """`cuda` -> this process's GPU (`cuda:LOCAL_RANK`) under a multi-process launch; else unchanged."""
+    _, local, world = launched_processes()
+    if world > 1 and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local)
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -95,10 +148,16 @@ class TrainLoop:
         cfg: LoopConfig,
         param_groups: list[dict] | None = None,
         checkpoint_dir: Path | None = None,
-        extra_modules: dict[str, nn.Module] | None = None,
+        extra_modules: dict[str, Stateful] | None = None,
         device: torch.device | str | None = None,
+        fingerprint: dict | None = None,
     ) -> None:
-        """`device`: where the model trains (it is moved there); None = CUDA when available, else CPU."""
+        """`device`: where the model trains (it is moved there); None = CUDA when available, else CPU.
+
+        `extra_modules`: further state saved with each checkpoint (anything with
+        `state_dict`/`load_state_dict`). `fingerprint`: a JSON-able description of the run; a
+        checkpoint written under another fingerprint is refused on resume.
+        """
         self.cfg = cfg
         target = torch.device(device) if device is not None else None
         if target is not None and target.type not in ("cpu", "cuda"):
@@ -107,11 +166,13 @@ class TrainLoop:
         self.accelerator = _accelerator("cpu" if use_cpu else "cuda")
         groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, optimizer, scheduler)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # not prepared: accelerate would step it once per process per update
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
         self.ema = EMA(self.accelerator.unwrap_model(self.model), cfg.ema_decay) if cfg.ema_decay else None
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.extra_modules = extra_modules or {}
+        self.fingerprint = fingerprint
         self.step = 0
         self.losses: list[float] = []
 
@@ -119,15 +180,37 @@ class TrainLoop:
     def device(self) -> torch.device:
         return self.accelerator.device
 
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This process's contiguous slice of a global batch (dim 0); the whole batch with one process."""
+        n, world = batch.shape[0], self.accelerator.num_processes
+        if world == 1:
+            return batch
+        if n % world:
+            raise EdgediffError(
+                f"a global batch of {n} does not split over {world} processes; use a multiple of {world}"
+            )
+        per = n // world
+        rank = self.accelerator.process_index
+        return batch[rank * per : (rank + 1) * per]
+
     def _checkpoint_path(self) -> Path | None:
         return self.checkpoint_dir / "checkpoint.pt" if self.checkpoint_dir else None
 
     def save_checkpoint(self) -> None:
+        """Write the full training state atomically (main process only; the others wait)."""
         path = self._checkpoint_path()
         if path is None:
             return
+        if not self.accelerator.is_main_process:
+            self.accelerator.wait_for_everyone()
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {
+            "fingerprint": self.fingerprint,
             "step": self.step,
             "model": self.accelerator.unwrap_model(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -141,9 +224,9 @@ class TrainLoop:
                 "python": random.getstate(),
             },
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            torch.save(state, tmp)
+        self.accelerator.wait_for_everyone()
 
     def maybe_resume(self) -> bool:
         """Load the last checkpoint if one exists; returns True when training resumes."""
@@ -151,6 +234,11 @@ class TrainLoop:
         if path is None or not path.is_file():
             return False
         state = torch.load(path, map_location="cpu", weights_only=False)
+        if self.fingerprint is not None and state.get("fingerprint") != self.fingerprint:
+            raise EdgediffError(
+                f"the checkpoint {path} belongs to another run (different settings); "
+                "rerun with the same settings or without --resume to start over"
+            )
         self.accelerator.unwrap_model(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -186,7 +274,10 @@ class TrainLoop:
             if self.ema:
                 self.ema.update(self.accelerator.unwrap_model(self.model))
             self.step += 1
-            self.losses.append(float(loss.detach()))
+            value = loss.detach()
+            if self.accelerator.num_processes > 1:  # the global batch's loss, the same on every process
+                value = self.accelerator.reduce(value.reshape(1), reduction="mean")[0]
+            self.losses.append(float(value))
             bar.update(1)
             if self.step % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.4f}")

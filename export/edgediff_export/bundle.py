@@ -37,7 +37,7 @@ from edgediff.models.label_table import LabelTable
 from edgediff.models.loading import LoadedModel, is_quantized_folder, load_model
 from edgediff.quant import quant_layers
 from edgediff.quant.io import folder_digest, step_table_size
-from edgediff.quant.storage import weight_storage
+from edgediff.quant.storage import storage_bits
 from edgediff.reference.model import resolve_model_path
 from edgediff.utils.atomic import atomic_dir, check_writable
 from edgediff_export.conditions import (
@@ -222,7 +222,7 @@ def quant_spec(
     """The manifest's typed quant section (docs/runtime.md): method and label from the quantized
     folder's meta (the label is its recipe's), stored weight bits counted on the model, the per-step
     table size; the weight containers and precision table are filled in after the graph passes."""
-    storage = weight_storage(model)
+    storage = storage_bits(model)
     if meta:
         method, label = str(meta.get("method", "custom")), str(meta.get("bits") or "custom")
     elif quant_layers(model):
@@ -232,7 +232,7 @@ def quant_spec(
     return QuantSpec(
         method=method,
         label=label,
-        mean_weight_bits=round(storage.mean_bits, 4),
+        mean_weight_bits=round(storage.weight_bits_per_weight, 4),
         step_table=step_table,
         placement=placement,
     )

@@ -27,3 +27,16 @@ def test_orderings_cover_rdd_and_labelled_variants():
     assert o["rdd+pd1_below_pd_at_1"]["beyond_seed_spread"] is True  # 13.9 < 14
     assert "rdd+pd1_below_pd_at_2" not in o  # no 2-step row for the variant
     assert o["rdd4_vs_ddim4"]["ratio_of_means"] == 45.0 / 20.5
+
+
+def test_rcfd_row_is_rdd_with_only_the_cfd_term_in_its_own_stage_folders(tmp_path):
+    from bench.distill import RCFD, student_folder, variant_configs
+    from edgediff.distill.rdd import RDDConfig
+    from edgediff.distill.run import rdd_variant
+
+    assert (RCFD.weight_cfd, RCFD.weight_is, RCFD.weight_queue, RCFD.weight_pd) == (1.0, 0.0, 0.0, 0.0)
+    assert variant_configs([1.0], True) == [RDDConfig(weight_pd=1.0), RCFD]
+    method = f"rdd+{rdd_variant(RCFD)}"
+    assert method == "rdd+is0+m0"
+    assert student_folder(tmp_path, method, 2, 8).name == "rdd+is0+m0-4to2"
+    assert student_folder(tmp_path, method, 8, 8).name == "pd-16to8"  # the shared PD stage

@@ -58,3 +58,27 @@ def test_iterations_map_to_the_stages_first_stage_first():
     budgets = budgets_from_args(args)
     assert {n: b.iterations for n, b in budgets.items()} == {4: 10, 2: 20, 1: 30}
     assert all(b.batch_size == 64 for b in budgets.values())
+
+
+def test_rdd_term_weights_reach_the_config_and_tag_the_stage_folders(tmp_path, monkeypatch):
+    import edgediff.distill.run as run_mod
+    from edgediff.distill.run import plan_stages, rdd_variant
+
+    seen = {}
+
+    def fake_distill(*args, rdd, **kwargs):
+        seen["rdd"] = rdd
+        return [{"stage": "x", "num_steps": 1, "final_loss": 0.0, "wall_seconds": 0.0}]
+
+    monkeypatch.setattr(run_mod, "distill", fake_distill)
+    argv = ["distill", "--model", "reference", "--method", "rdd", "--out", str(tmp_path / "o")]
+    assert _run([*argv, "--is-weight", "0", "--queue-weight", "0", "--cfd-weight", "2"]) == 0
+    cfg = seen["rdd"]
+    assert (cfg.weight_cfd, cfg.weight_is, cfg.weight_queue, cfg.weight_pd) == (2.0, 0.0, 0.0, 0.0)
+    assert rdd_variant(cfg) == "cfd2+is0+m0"
+    assert [s.name for s in plan_stages("rdd", 4, 1, 4, rdd_variant(cfg))] == [
+        "rdd+cfd2+is0+m0-4to2",
+        "rdd+cfd2+is0+m0-2to1",
+    ]
+    assert _run([*argv, "--queue-weight", "-1"]) == 2
+    assert _run([*argv, "--cfd-weight", "0", "--is-weight", "0", "--queue-weight", "0"]) == 2

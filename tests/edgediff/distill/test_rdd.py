@@ -9,6 +9,7 @@ from torch import nn
 from edgediff.distill.pd import PDBatch, pd_batch, stage_grid
 from edgediff.distill.rdd import FrozenFeatures, RDDConfig, RDDLoss
 from edgediff.distill.run import freeze
+from edgediff.errors import EdgediffError
 from edgediff.reference.classifier import TinyCNN, load_classifier
 from edgediff.reference.model import BUNDLED_CLASSIFIER, SCHEDULER_CONFIG
 from tests.edgediff.distill.test_run import tiny_unet16
@@ -97,3 +98,23 @@ def test_config_round_trips_to_a_dict():
     cfg = RDDConfig(weight_pd=0.3)
     assert RDDConfig(**cfg.to_dict()) == cfg
     assert dataclasses.asdict(cfg)["queue_size"] == 4096
+
+
+def test_total_is_the_weighted_sum_of_the_terms_and_zero_weights_are_not_computed():
+    x, y = _images(), _images(seed=1)
+    full = RDDLoss(_classifier(), RDDConfig(weight_pd=1.0), seed=0)
+    _, parts = full(_batch(x, y))
+    cfg = RDDConfig(weight_cfd=0.5, weight_is=2.0, weight_queue=0.25, weight_pd=3.0)
+    total, same = RDDLoss(_classifier(), cfg, seed=0)(_batch(x, y))
+    assert same == pytest.approx(parts)
+    expected = 0.5 * parts["cfd"] + 2.0 * parts["is_p2p"] + 0.25 * parts["m_p2p"] + 3.0 * parts["pd"]
+    assert float(total.detach()) == pytest.approx(expected, rel=1e-6)
+    rcfd_total, rcfd = RDDLoss(_classifier(), RDDConfig(weight_is=0.0, weight_queue=0.0))(_batch(x, y))
+    assert set(rcfd) == {"cfd"} and float(rcfd_total.detach()) == pytest.approx(parts["cfd"], rel=1e-6)
+
+
+def test_weights_must_be_non_negative_and_not_all_zero():
+    with pytest.raises(EdgediffError, match=">= 0"):
+        RDDConfig(weight_is=-1.0)
+    with pytest.raises(EdgediffError, match="at least one"):
+        RDDConfig(weight_cfd=0.0, weight_is=0.0, weight_queue=0.0)

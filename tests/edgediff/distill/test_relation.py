@@ -1,5 +1,7 @@
 """Relational losses and the memory pixel queue (docs/methods.md 6.10, 4.6, 1.6(vii))."""
 
+import math
+
 import pytest
 import torch
 
@@ -126,3 +128,114 @@ def test_sample_pixels_correct_vs_released_reshape():
 def test_projection_head_keeps_shape():
     head = ProjectionHead(8)
     assert head(_feats()).shape == (3, 8, 4, 4)
+
+
+# ---------------------------------------------------------------- hand-computed formula pins
+
+
+def _softmax(logits: list[float]) -> list[float]:
+    m = max(logits)
+    e = [math.exp(v - m) for v in logits]
+    return [v / sum(e) for v in e]
+
+
+def _kl(p_logits: list[float], q_logits: list[float]) -> float:
+    """KL(softmax(p) ‖ softmax(q)) = Σ p (log p − log q), in plain Python."""
+    p, q = _softmax(p_logits), _softmax(q_logits)
+    return sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, q))
+
+
+def _unit(v: list[float]) -> list[float]:
+    n = math.sqrt(sum(x * x for x in v))
+    return [x / n for x in v]
+
+
+def _dot(a: list[float], b: list[float]) -> float:
+    return sum(x * y for x, y in zip(a, b))
+
+
+def _map(pixels: list[list[list[float]]]) -> torch.Tensor:
+    """[B][HW][C] nested lists -> a [B, C, 1, HW] feature map."""
+    return torch.tensor(pixels, dtype=torch.float64).permute(0, 2, 1).unsqueeze(2)
+
+
+# teacher pixels (1,0), (0,1); student pixels (1,0), (1,0): student relation rows are uniform
+T1 = [[[1.0, 0.0], [0.0, 1.0]]]
+S1 = [[[1.0, 0.0], [1.0, 0.0]]]
+
+
+def _entropy_sigmoid(z: float) -> float:
+    a = 1 / (1 + math.exp(-z))
+    return -(a * math.log(a) + (1 - a) * math.log(1 - a))
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5])
+def test_relation_kl_is_teacher_first_on_a_hand_case(tau):
+    """Rows: teacher softmax(1/τ, 0) vs uniform student -> KL = log 2 − H(σ(1/τ)) per row, 2 rows."""
+    expected = 2 * (math.log(2) - _entropy_sigmoid(1 / tau))
+    value = relation_kl(_map(T1), _map(S1), tau=tau, reduction="sum")
+    assert float(value) == pytest.approx(expected, rel=1e-9)
+    reverse = 2 * _kl([0.0, 0.0], [1 / tau, 0.0])  # KL(student ‖ teacher): what a swap would give
+    assert abs(expected - reverse) > 1e-3
+
+
+def test_batch_relation_kl_pairs_every_sample_with_every_sample_teacher_first():
+    """IS_P2P on B = 2: rows (b, d, i) over the pixels of d, mean of KL(P_T ‖ P_S) over B·B·HW rows."""
+    t = [[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8], [1.0, 1.0]]]
+    s = [[[1.0, 0.0], [1.0, 0.2]], [[0.0, 1.0], [0.3, -1.0]]]
+    tu = [[_unit(p) for p in b] for b in t]
+    su = [[_unit(p) for p in b] for b in s]
+    rows = []
+    for b in range(2):
+        for d in range(2):
+            for i in range(2):
+                lt = [_dot(tu[b][i], tu[d][j]) / 0.7 for j in range(2)]
+                ls = [_dot(su[b][i], su[d][j]) / 0.7 for j in range(2)]
+                rows.append(_kl(lt, ls))
+    value = batch_relation_kl(_map(t), _map(s), tau=0.7)
+    assert float(value) == pytest.approx(sum(rows) / len(rows), rel=1e-9)
+
+
+@pytest.mark.parametrize("kd_temperature", [1.0, 2.0])
+def test_queue_relation_kl_is_teacher_first_with_the_temperature_on_both_sides(kd_temperature):
+    """M_P2P / MTRD: logits f·Aᵀ/τ, KL(softmax(ℓ_T/T) ‖ softmax(ℓ_S/T)), mean over pixels."""
+    anchors = [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]
+    teacher = [[1.0, 0.0], [0.6, -0.8]]
+    student = [[0.6, 0.8], [0.0, 1.0]]
+    tau = 0.5
+    expected = 0.0
+    for ft, fs in zip(teacher, student):
+        lt = [_dot(ft, a) / tau / kd_temperature for a in anchors]
+        ls = [_dot(fs, a) / tau / kd_temperature for a in anchors]
+        expected += _kl(lt, ls) / len(teacher)
+    f64 = dict(dtype=torch.float64)
+    value = queue_relation_kl(
+        torch.tensor(teacher, **f64), torch.tensor(student, **f64), torch.tensor(anchors, **f64),
+        tau=tau, kd_temperature=kd_temperature,
+    )  # fmt: skip
+    assert float(value) == pytest.approx(expected, rel=1e-9)
+
+
+def test_queue_relation_anchor_weights_add_log_w_to_both_logits():
+    """MTRD option (b): anchor weight w multiplies both softmaxes' numerators (adds log w)."""
+    anchors, w = [[1.0, 0.0], [0.0, 1.0]], [1.0, 0.25]
+    ft, fs = [1.0, 0.0], [0.6, 0.8]
+    lt = [_dot(ft, a) + math.log(wi) for a, wi in zip(anchors, w)]
+    ls = [_dot(fs, a) + math.log(wi) for a, wi in zip(anchors, w)]
+    f64 = dict(dtype=torch.float64)
+    value = queue_relation_kl(
+        torch.tensor([ft], **f64), torch.tensor([fs], **f64), torch.tensor(anchors, **f64),
+        tau=1.0, anchor_weights=torch.tensor(w, **f64),
+    )  # fmt: skip
+    assert float(value) == pytest.approx(_kl(lt, ls), rel=1e-9)
+
+
+def test_cfd_temperature_divides_the_teacher_logits_only():
+    """RCFD: KL(softmax(φ_T/τ_T) ‖ softmax(φ_S)); τ_T = 0.5, φ_T = (1, 0), φ_S = (0.5, 0)."""
+    phi_t, phi_s = [1.0, 0.0], [0.5, 0.0]
+    expected = _kl([2.0, 0.0], [0.5, 0.0])
+    f64 = dict(dtype=torch.float64)
+    value = feature_kl(torch.tensor([phi_t], **f64), torch.tensor([phi_s], **f64), teacher_temperature=0.5)
+    assert float(value) == pytest.approx(expected, rel=1e-9)
+    for wrong in (_kl([1.0, 0.0], [1.0, 0.0]), _kl([2.0, 0.0], [1.0, 0.0]), _kl([0.5, 0.0], [2.0, 0.0])):
+        assert abs(wrong - expected) > 1e-3  # student side, both sides, swapped: all distinguishable

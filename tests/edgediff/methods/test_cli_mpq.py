@@ -73,6 +73,7 @@ def test_switches_map_to_config_fields(tmp_path):
         (["--method", "mpqdm", "--bits", "W9A4"], "unknown bit setting"),
         (["--method", "ptq", "--device", "tpu"], "unknown device 'tpu'"),
         (["--method", "ptq", "--device", "gpu0"], "unknown device 'gpu0'"),
+        (["--method", "ptq", "--resume"], "fine-tuned methods"),
     ],
 )
 def test_misuse_is_one_line_exit_2(tmp_path, capsys, extra, needle):

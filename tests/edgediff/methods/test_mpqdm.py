@@ -89,6 +89,38 @@ def test_omq_keeps_mean_bits_exactly(prepared):
     assert isinstance(rules[name].w_bits, tuple) and sum(rules[name].w_bits) == 3 * len(rules[name].w_bits)
 
 
+def test_kurtosis_on_a_hand_case():
+    """mean((w−μ)^4)/σ^4, σ unbiased: [0,0,0,4] -> 21/16; [1,−1,1,−1] -> 1/(4/3)^2 = 9/16."""
+    k = kurtosis(torch.tensor([[0.0, 0.0, 0.0, 4.0], [1.0, -1.0, 1.0, -1.0]]))
+    torch.testing.assert_close(k, torch.tensor([21 / 16, 9 / 16]))
+
+
+def _independent_kurtosis(w: torch.Tensor) -> torch.Tensor:
+    rows = w.detach().double().reshape(w.shape[0], -1)
+    d = rows - rows.mean(dim=1, keepdim=True)
+    var = (d**2).sum(dim=1) / (rows.shape[1] - 1)
+    return (d**4).mean(dim=1) / var**2
+
+
+def test_omq_search_gives_the_extra_bit_to_the_highest_kurtosis_channels(prepared):
+    """Through `prepare` (the method's path): top-k kurtosis of W̃ get b+1 bits, bottom-k b−1."""
+    _, model, _, record, _ = prepared
+    checked = 0
+    for name, layer in quant_layers(model).items():
+        k = record["split"].get(name, {}).get("k", 0)
+        if not k:
+            continue
+        scores = _independent_kurtosis(layer.effective_weight())
+        order = torch.argsort(scores, descending=True).tolist()
+        if scores[order[k - 1]] == scores[order[k]] or scores[order[-k]] == scores[order[-k - 1]]:
+            continue  # a tie at the boundary: either channel is a correct choice
+        bits = layer.weight_quant.bits.tolist()
+        assert sorted(i for i, b in enumerate(bits) if b == 4) == sorted(order[:k]), name
+        assert sorted(i for i, b in enumerate(bits) if b == 2) == sorted(order[-k:]), name
+        checked += 1
+    assert checked > 10
+
+
 def test_split_candidates_paper_and_code_ranges():
     assert split_candidates(64, "paper") == [0, 6, 12, 18, 24, 30]
     assert split_candidates(64, "code") == [0, 6]

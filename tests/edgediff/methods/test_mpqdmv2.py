@@ -119,13 +119,30 @@ def test_mtrd_queue_wraps_and_keeps_timesteps(time_mode):
     assert loss.queue.timesteps.tolist() == [700, 700, 900, 900] + [800] * 4 + [700, 700]
 
 
-def test_residual_alpha_is_trained():
+def test_residual_alpha_gets_a_gradient_and_changes_during_fine_tuning():
     fp = tiny_unet()
-    model, _, _ = run_mpqdmv2(
-        fp, SCHED, "W2A4", cfg=MPQDMv2Config(base=BASE, mtrd=False, trd=False), progress=False
-    )
-    groups = {g["name"]: g for g in v2_param_groups(model, MPQDMv2Config(base=BASE))}
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    grads: dict[str, torch.Tensor] = {}
+
+    def probe(update, model):
+        alphas = {n: p for n, p in model.named_parameters() if n.endswith("residual.alpha")}
+        seen[update] = {n: p.detach().clone() for n, p in alphas.items()}
+        if update == 1:  # the gradient of update 0 is still on the parameters
+            grads.update({n: p.grad.detach().clone() for n, p in alphas.items() if p.grad is not None})
+
+    cfg = MPQDMv2Config(base=BASE, mtrd=False, trd=False)
+    model, _, _ = run_mpqdmv2(fp, SCHED, "W2A4", cfg=cfg, progress=False, on_step=probe)
+    groups = {g["name"]: g for g in v2_param_groups(model, cfg)}
     assert "alpha" in groups and all(p.requires_grad for p in groups["alpha"]["params"])
+    first, last = seen[0], seen[BASE.updates]
+    masks = {n: m for n, m in model.state_dict().items() if n.endswith("residual.mask")}
+    changed = 0
+    for name, before in first.items():
+        mask = masks[name.replace("alpha", "mask")]
+        assert torch.equal(last[name][~mask], before[~mask])  # unused channels stay at 0
+        assert float(grads[name][mask].abs().sum()) > 0, name
+        changed += int(not torch.equal(last[name][mask], before[mask]))
+    assert changed == len(first) > 0
 
 
 @pytest.mark.parametrize(

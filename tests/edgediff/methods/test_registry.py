@@ -81,3 +81,17 @@ def test_two_fields_claiming_one_flag_are_refused(monkeypatch):
 
     with pytest.raises(EdgediffError, match="flag --no-trd is declared by two config fields"):
         registry.register(Method("clash", Clash, _toy_run, help="clash"))
+
+
+def test_the_job_carries_the_checkpoint_plan_and_only_fine_tuned_methods_resume(tmp_path):
+    from dataclasses import replace
+
+    from edgediff.methods.registry import QuantizeJob
+
+    job = QuantizeJob(fp=None, scheduler_config={}, bits=None, recipe=None, num_steps=5, updates=250)
+    assert job.checkpoints().folder is None and job.checkpoints().every == 0  # no folder: no checkpoints
+    plan = replace(job, checkpoint_dir=tmp_path, resume=True).checkpoints()
+    assert (plan.folder, plan.every, plan.resume) == (tmp_path, 25, True)  # every tenth of 250 updates
+    default = replace(job, updates=None, checkpoint_dir=tmp_path).checkpoints()
+    assert (default.every, default.resume) == (100, False)  # a tenth of the 1000 default
+    assert {n for n, m in methods().items() if not m.resumable} == {"ptq"}
