@@ -279,7 +279,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     per_call = 1e3 * float(np.mean(result.call_seconds))
     what = f"{args.num} video(s) as GIF" if video else f"{args.num} images"
     cfg = f", guidance {guidance.scale:g} (one batched call)" if guidance is not None else ""
-    size = sum(path.stat().st_size for path in written) / 1e3
+    size = sum(Path(path).stat().st_size for path in written) / 1e3
     print(f"wrote {args.out} ({what}, {steps} steps{cfg}, {per_call:.1f} ms per model call; "
           f"upscaled {scale}x, {size:.1f} kB)")
     if args.save_npy is not None:

@@ -150,7 +150,7 @@ def test_label_table_unet_w8a8_graph_manifest_and_parity(unet_w8a8, table):
         False,
         "epsilon",
     )
-    assert s.guidance_scale == 3.0 and m.quant.recipe["bits"] == "W8A8"
+    assert s.guidance_scale == 3.0 and m.quant.label == "W8A8"
     assert m.parity.bounds["precision"] == "int8" and m.parity.bounds["within"]
     report = _parity(unet_w8a8)
     assert report["passed"] and report["level3"] is not None

@@ -10,20 +10,22 @@ from edgediff.methods.registry import Method, check_options, cli_field, cli_opti
 from edgediff_export.cli import build_parser
 
 
-def test_the_four_methods_are_registered_with_their_configs():
+def test_the_methods_are_registered_with_their_configs():
     from edgediff.methods.efficientdm import EfficientDMConfig
     from edgediff.methods.mpqdm import MPQDMConfig
     from edgediff.methods.mpqdmv2 import MPQDMv2Config
     from edgediff.methods.ptq import PTQConfig
+    from edgediff.methods.qvdit import QVDiTConfig
 
     known = methods()
-    assert list(known) == ["efficientdm", "mpqdm", "mpqdmv2", "ptq"]
+    assert list(known) == ["efficientdm", "mpqdm", "mpqdmv2", "ptq", "qvdit"]
     configs = {n: m.config for n, m in known.items()}
     assert configs == {
         "ptq": PTQConfig,
         "efficientdm": EfficientDMConfig,
         "mpqdm": MPQDMConfig,
         "mpqdmv2": MPQDMv2Config,
+        "qvdit": QVDiTConfig,
     }
     assert known["ptq"].symmetric_weights and not known["mpqdm"].symmetric_weights
     # the option defaults are the config defaults (mpqdmv2 turns the OMQ search off)
