@@ -140,9 +140,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from edgediff.reference.evaluate import evaluate
 
     request = conditioning_request(args)
-    result = evaluate(
-        args.model, args.samples, args.steps, args.seed, json_out, grid, conditioning=request
-    )
+    result = evaluate(args.model, args.samples, args.steps, args.seed, json_out, grid, conditioning=request)
     print("\n".join(_eval_summary(result)))
     for what, path in (("report (JSON)", json_out), ("sample grid (PNG)", grid)):
         if path is not None:
@@ -282,9 +280,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
         help="FP sampler trajectories used for calibration (default 64)",
     )
     add_conditioning_args(p, "of calibration; default for a label-conditioned model: seeded random labels")
-    p.add_argument(
-        "--resume", action="store_true", help="continue an interrupted fine-tuning from OUT.ckpt/"
-    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted fine-tuning from OUT.ckpt/")
     p.add_argument(
         "--device",
         default="auto",

@@ -52,11 +52,13 @@ class MPQDMConfig:
     # split-size search; off = uniform b bits
     omq: bool = cli_field(True, "--omq", OMQ_HELP, "on_off", no_flag="--no-omq")
     # paper: 0..C/2 step C/10; code: {0, C/10}
-    omq_range: str = cli_field("paper", "--omq-range", "split candidates (default paper)", "choice",
-                               choices=SEARCH_RANGES)
+    omq_range: str = cli_field(
+        "paper", "--omq-range", "split candidates (default paper)", "choice", choices=SEARCH_RANGES
+    )
     # kurtosis | random (control) | error
-    selection: str = cli_field("kurtosis", "--selection", "salient channel ranking", "choice",
-                               choices=SELECTIONS)
+    selection: str = cli_field(
+        "kurtosis", "--selection", "salient channel ranking", "choice", choices=SELECTIONS
+    )
     omq_samples: int = 64  # calibration inputs scored by the search (spread over all steps)
     # conv_shortcut and downsampler convs stay FP
     fp_islands: bool = cli_field(True, "--no-fp-islands", "quantize the FP islands too", "switch_off")
@@ -65,8 +67,9 @@ class MPQDMConfig:
     trd_tau: float = 1.0
     trd_weight: float = 100.0
     # docs/methods.md 7.3: target = option (b), window = option (a)
-    trd_mode: str = cli_field("target", "--trd-mode", "docs/methods.md 7.3 option b / a", "choice",
-                              choices=TRD_MODES)
+    trd_mode: str = cli_field(
+        "target", "--trd-mode", "docs/methods.md 7.3 option b / a", "choice", choices=TRD_MODES
+    )
     # True reproduces the released code (no TRD gradient)
     trd_detach: bool = cli_field(False, "--trd-detach", "released code: no TRD gradient", "switch_on")
 

@@ -50,15 +50,15 @@ class MPQDMv2Config(MPQDMConfig):
     # FZ-RMQ binary residual on the salient channels
     residual: bool = cli_field(True, "--residual", "mpqdmv2 FZ-RMQ binary residual", "on_off")
     # b−1 bits on the k least salient channels (searched split only)
-    residual_balance: bool = cli_field(
-        False, "--residual-balance", "mpqdmv2: k channels at b-1", "switch_on"
-    )
+    residual_balance: bool = cli_field(False, "--residual-balance", "mpqdmv2: k channels at b-1", "switch_on")
     residual_fraction: float = 0.1  # salient fraction when the split search is off (omq=False)
     alpha_lr: float = 1e-4
-    lora_init: str = cli_field("svd", "--lora-init", "mpqdmv2 OOLRI (svd) or zero init", "choice",
-                               choices=LORA_INITS)
-    lora_mode: str = cli_field("additive", "--lora-mode", "mpqdmv2 LoRA placement", "choice",
-                               choices=LORA_MODES)
+    lora_init: str = cli_field(
+        "svd", "--lora-init", "mpqdmv2 OOLRI (svd) or zero init", "choice", choices=LORA_INITS
+    )
+    lora_mode: str = cli_field(
+        "additive", "--lora-mode", "mpqdmv2 LoRA placement", "choice", choices=LORA_MODES
+    )
     additive_rank: int = cli_field(4, "--lora-rank", "mpqdmv2 additive LoRA rank")
     oolri_iters: int = cli_field(1, "--oolri-iters", "mpqdmv2 SVD alternations")
     mtrd: bool = cli_field(True, "--no-mtrd", "mpqdmv2: no MTRD", "switch_off")
@@ -69,8 +69,9 @@ class MPQDMv2Config(MPQDMConfig):
     mtrd_tau: float = 0.1
     mtrd_kd_temperature: float = 1.0
     mtrd_weight: float = 0.1
-    mtrd_time: str = cli_field("weight", "--mtrd-time", "mpqdmv2 time-aware queue", "choice",
-                               choices=TIME_MODES)
+    mtrd_time: str = cli_field(
+        "weight", "--mtrd-time", "mpqdmv2 time-aware queue", "choice", choices=TIME_MODES
+    )
     mtrd_time_window: int = 100
     mtrd_time_scale: float = 100.0
 

@@ -184,8 +184,7 @@ def frame_blocks(x: Tensor, frames: int, layout: str, tokens: int | None = None)
     if layout == "spatial":
         if x.shape[0] % frames:
             raise EdgediffError(
-                f"{x.shape[0]} rows do not split into {frames} frames; "
-                "set the TQE frame count to the video's"
+                f"{x.shape[0]} rows do not split into {frames} frames; set the TQE frame count to the video's"
             )
         return x.reshape(x.shape[0] // frames, frames, -1)
     if layout == "temporal":

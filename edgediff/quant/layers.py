@@ -70,9 +70,7 @@ class QuantLayer(nn.Module, abc.ABC):
             else LowRankBranch(shape, config.lowrank.rank, config.lowrank.frames)
         )
         t = config.tqe
-        self.tqe = (
-            None if t is None else TQEBranch(shape, t.frames, t.layout, t.tokens, t.rank, t.m)
-        )
+        self.tqe = None if t is None else TQEBranch(shape, t.frames, t.layout, t.tokens, t.rank, t.m)
         self.to(self.weight.device)
         self.init_weight_range("minmax")
 
@@ -207,8 +205,12 @@ class QuantLayer(nn.Module, abc.ABC):
         if self.tqe is not None:
             b = self.tqe
             tqe = TQEFactors(
-                alpha=_clone(b.alpha), beta=_clone(b.beta), frames=b.frames, layout=b.layout,
-                tokens=b.tokens, use_m=b.use_m,
+                alpha=_clone(b.alpha),
+                beta=_clone(b.beta),
+                frames=b.frames,
+                layout=b.layout,
+                tokens=b.tokens,
+                use_m=b.use_m,
             )
         return QuantLayerSpec(
             name=self.name,

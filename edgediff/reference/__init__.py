@@ -16,6 +16,7 @@ def _canvas32_references() -> dict[str, Path]:
 
     return REFERENCE_MODELS
 
+
 DEFAULT_REFERENCE = "digits16"
 REFERENCES: dict[str, Path] = {
     "digits16": ASSETS / "digits16-ddpm",

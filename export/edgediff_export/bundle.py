@@ -308,8 +308,13 @@ def bounded_tolerances(
     bound = round(PRECISION_BOUNDS[precision] - guidance_amplification_db(guidance_scale), 2)
     measured = report["level2"]["latent_psnr_min"]  # None: identical (infinite PSNR)
     within = measured is None or measured >= bound
-    record = {"precision": precision, "latent_psnr_min_bound": bound, "measured_latent_psnr_min": measured,
-              "within": within, "message": ""}
+    record = {
+        "precision": precision,
+        "latent_psnr_min_bound": bound,
+        "measured_latent_psnr_min": measured,
+        "within": within,
+        "message": "",
+    }
     if not within:
         record["message"] = (
             f"at export, ONNX Runtime's worst step latent PSNR vs PyTorch was {measured:.1f} dB, below the "
@@ -405,8 +410,16 @@ def export_bundle(
         else None
     )
     return export_model_bundle(
-        loaded.unet.eval(), spec, out, opts, label_table=labels, fp_model=fp_model,
-        set_step=loaded.set_step, quant_meta=meta, label_source=path, progress=progress,
+        loaded.unet.eval(),
+        spec,
+        out,
+        opts,
+        label_table=labels,
+        fp_model=fp_model,
+        set_step=loaded.set_step,
+        quant_meta=meta,
+        label_source=path,
+        progress=progress,
     )
 
 
@@ -520,14 +533,28 @@ def export_model_bundle(
     log.info("recording golden references (%d samples, %d steps)", opts.golden_samples, opts.steps)
     bar.stage("golden references")
     golden = record_golden(
-        model, sampler, shape, opts.steps, opts.golden_samples, opts.seed, set_step, fp_model, conds,
+        model,
+        sampler,
+        shape,
+        opts.steps,
+        opts.golden_samples,
+        opts.seed,
+        set_step,
+        fp_model,
+        conds,
         learned_sigma=learned_sigma,
     )
     ranges = None
     bar.stage("layer output ranges")
     if quantized and opts.placement == "ort":
         ranges = layer_output_ranges(
-            model, sampler, shape, opts.steps, samples=opts.range_samples, set_step=set_step, conds=conds,
+            model,
+            sampler,
+            shape,
+            opts.steps,
+            samples=opts.range_samples,
+            set_step=set_step,
+            conds=conds,
             learned_sigma=learned_sigma,
         )
     quant = quant_spec(quant_meta, model, table, opts.placement, opts.dtype)
@@ -536,8 +563,13 @@ def export_model_bundle(
         onnx_path = tmp / "model.onnx"
         export_source = copy.deepcopy(model).half() if opts.dtype == "fp16" else model
         result = export_unet(
-            export_source, shape, placement=opts.placement, residual=opts.residual, opset=opset,
-            out_ranges=ranges, extra_inputs=example_inputs(mc, 2, opts.seed),
+            export_source,
+            shape,
+            placement=opts.placement,
+            residual=opts.residual,
+            opset=opset,
+            out_ranges=ranges,
+            extra_inputs=example_inputs(mc, 2, opts.seed),
             input_names={c.kwarg: c.name for c in mc.inputs},
             dtype=torch.float16 if opts.dtype == "fp16" else torch.float32,
             save_path=onnx_path if weight_bytes >= DEFAULT_THRESHOLD else None,

@@ -195,17 +195,23 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fp", action="store_true", help="allow exporting a non-quantized (FP) model")
     p.add_argument(
-        "--dtype", choices=["fp32", "fp16"], default="fp32",
+        "--dtype",
+        choices=["fp32", "fp16"],
+        default="fp32",
         help="float type of an FP export (fp16: for GPU/Jetson profiles)",
     )
     p.add_argument(
-        "--guidance", type=float, default=None,
+        "--guidance",
+        type=float,
+        default=None,
         help="default classifier-free guidance scale of the bundle (also used for the golden references)",
     )
     p.add_argument("--cond-tokens", type=int, default=None, help="tokens of a raw-embedding condition (77)")
     p.add_argument("--frames", type=int, default=None, help="frames of a video model (default: its config)")
     p.add_argument(
-        "--null-embedding", default=None, metavar="FILE.npy",
+        "--null-embedding",
+        default=None,
+        metavar="FILE.npy",
         help="null condition [tokens, dim] of a raw-embedding model, for classifier-free guidance",
     )
     p.set_defaults(func=_cmd_export_onnx)

@@ -84,21 +84,37 @@ def run_demo(
         quantize_model("reference", "ptq", bits, qdir, seed=seed, num_steps=steps, progress=echo)
     with st.stage("quantized_eval", f"quantized model: sample {samples} images and score against FP"):
         quant = evaluate(
-            qdir, samples=samples, steps=steps, seed=seed, grid_out=out / "quantized_samples.png",
+            qdir,
+            samples=samples,
+            steps=steps,
+            seed=seed,
+            grid_out=out / "quantized_samples.png",
             progress=echo,
         )
     bundle = out / f"{bits.lower()}.edgediff"
     with st.stage("export", f"export: ONNX bundle -> {bundle}"):
         export_bundle(
-            qdir, bundle, ExportOptions(placement="ort", device="x86-cpu", steps=steps, seed=seed),
+            qdir,
+            bundle,
+            ExportOptions(placement="ort", device="x86-cpu", steps=steps, seed=seed),
             progress=echo,
         )
     npy = out / "runtime_samples.npy"
     with st.stage("runtime_sample", f"run stage (edgediff-run, no torch): sample {samples} images"):
         _run_cli(
             [
-                "sample", str(bundle), "--seed", str(seed), "--steps", str(steps), "--num", str(samples),
-                "--out", str(out / "runtime_samples.png"), "--save-npy", str(npy),
+                "sample",
+                str(bundle),
+                "--seed",
+                str(seed),
+                "--steps",
+                str(steps),
+                "--num",
+                str(samples),
+                "--out",
+                str(out / "runtime_samples.png"),
+                "--save-npy",
+                str(npy),
             ],
             "sample",
         )

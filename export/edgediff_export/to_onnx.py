@@ -105,9 +105,7 @@ def export_unet(
         body, steps, names = prepare_for_export(model, placement, out_ranges)
     else:  # the exporter does not modify the module: no copy (a copy doubles a large model's memory)
         body, steps, names = model.eval(), None, []
-    extra = {
-        k: v.to(dtype) if v.is_floating_point() else v for k, v in dict(extra_inputs or {}).items()
-    }
+    extra = {k: v.to(dtype) if v.is_floating_point() else v for k, v in dict(extra_inputs or {}).items()}
     wrapper = UNetExportWrapper(body, steps, with_step, tuple(extra)).eval()
     sample = torch.randn(batch, *sample_shape, generator=torch.Generator().manual_seed(0)).to(dtype)
     timestep = torch.full((batch,), 500, dtype=torch.int64)
@@ -128,7 +126,10 @@ def export_unet(
         dynamic[f"extra{k}"] = {0: batch_dim}
     rename = dict(input_names or {})
     graph_inputs = [
-        "sample", "timestep", *(["step"] if with_step else []), *(rename.get(k, k) for k in extra)
+        "sample",
+        "timestep",
+        *(["step"] if with_step else []),
+        *(rename.get(k, k) for k in extra),
     ]
     torch_onnx_log = logging.getLogger("torch.onnx")
     level = torch_onnx_log.level

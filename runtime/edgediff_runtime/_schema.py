@@ -13,9 +13,26 @@ import re
 from typing import Any
 
 _SUPPORTED = {
-    "$schema", "$id", "title", "description", "type", "enum", "const", "required", "properties",
-    "additionalProperties", "items", "minItems", "uniqueItems", "minimum", "maximum",
-    "exclusiveMinimum", "minLength", "pattern", "examples", "default",
+    "$schema",
+    "$id",
+    "title",
+    "description",
+    "type",
+    "enum",
+    "const",
+    "required",
+    "properties",
+    "additionalProperties",
+    "items",
+    "minItems",
+    "uniqueItems",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "minLength",
+    "pattern",
+    "examples",
+    "default",
 }
 
 

@@ -55,8 +55,12 @@ def run_bench(
     backend_name: str = "ort",
 ) -> dict:
     """Time ``iters`` model calls and ``image_runs`` full sampling runs at ``batch``; returns a JSON dict."""
-    for name, value, low in (("--batch", batch, 1), ("--iters", iters, 1), ("--warmup", warmup, 0),
-                             ("--image-runs", image_runs, 0)):
+    for name, value, low in (
+        ("--batch", batch, 1),
+        ("--iters", iters, 1),
+        ("--warmup", warmup, 0),
+        ("--image-runs", image_runs, 0),
+    ):
         if value < low:
             raise RuntimeStageError(f"{name} must be >= {low}, got {value}")
     manifest = bundle.manifest
@@ -65,8 +69,9 @@ def run_bench(
     manifest.check_steps(sampler.num_steps)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, *manifest.model.sample_shape), dtype=np.float32)
-    feeds = make_feeds(manifest.model, sampler.scale_model_input(sampler.init_latent(x), 0),
-                       float(sampler.timesteps[0]), 0)
+    feeds = make_feeds(
+        manifest.model, sampler.scale_model_input(sampler.init_latent(x), 0), float(sampler.timesteps[0]), 0
+    )
     for _ in range(warmup):
         backend.run(feeds)
     calls = []

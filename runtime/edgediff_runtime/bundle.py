@@ -50,7 +50,12 @@ SPACINGS = ("leading", "trailing", "linspace")
 DTYPES = ("float32", "float16", "int64", "int32", "bool")
 
 TOLERANCE_KEYS = (
-    "latent_max_abs", "latent_psnr_min", "final_max_abs", "final_psnr_min", "fp_max_abs", "fp_psnr_min",
+    "latent_max_abs",
+    "latent_psnr_min",
+    "final_max_abs",
+    "final_psnr_min",
+    "fp_max_abs",
+    "fp_psnr_min",
 )
 DEFAULT_TOLERANCES: dict[str, float] = {
     "latent_max_abs": 1e-3,
@@ -606,8 +611,10 @@ def load_bundle(
         if not file.is_file() and rel.startswith(REFERENCE_DIR) and not need_golden:
             continue  # golden references: only parity reads them
         if not file.is_file():
-            hint = "copy it from the exported bundle or re-export" if rel.startswith(REFERENCE_DIR) else (
-                "re-export it"
+            hint = (
+                "copy it from the exported bundle or re-export"
+                if rel.startswith(REFERENCE_DIR)
+                else ("re-export it")
             )
             raise RuntimeStageError(f"bundle {root.name} is incomplete: {rel} is missing; {hint}")
         if verify and sha256_file(file) != expected:

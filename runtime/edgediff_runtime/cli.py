@@ -40,17 +40,27 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="ort", help="execution backend (default: ort)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     p.add_argument(
-        "--provider", action="append", default=None, metavar="EP",
+        "--provider",
+        action="append",
+        default=None,
+        metavar="EP",
         help="ONNX Runtime provider (cpu, cuda, tensorrt or a full name); repeat for fallbacks. "
         "Default: the device profile's providers that are available, else CPU",
     )
     p.add_argument(
         "--engine", type=Path, default=None, help="TensorRT engine (default: engines/<device>.engine)"
     )
-    p.add_argument("--plugin", type=Path, action="append", default=None, metavar="LIB",
-                   help="TensorRT plugin library to load first (default: trt/lib/*.so in the bundle)")
-    p.add_argument("--ignore-device", action="store_true",
-                   help="run even if the bundle targets another device profile")
+    p.add_argument(
+        "--plugin",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="LIB",
+        help="TensorRT plugin library to load first (default: trt/lib/*.so in the bundle)",
+    )
+    p.add_argument(
+        "--ignore-device", action="store_true", help="run even if the bundle targets another device profile"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,43 +76,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path, help="NAME.edgediff folder")
     p.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
 
-    p = sub.add_parser("sample", help="generate images into a PNG grid (videos: a GIF per sample)",
-                       description="Sample with the bundle's sampler; write a PNG grid (video bundles: "
-                       "one animated GIF per sample).")
+    p = sub.add_parser(
+        "sample",
+        help="generate images into a PNG grid (videos: a GIF per sample)",
+        description="Sample with the bundle's sampler; write a PNG grid (video bundles: "
+        "one animated GIF per sample).",
+    )
     p.add_argument("bundle", type=Path, help="NAME.edgediff folder")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampler steps (default: the manifest's; per-step scales allow only that)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampler steps (default: the manifest's; per-step scales allow only that)",
+    )
     p.add_argument("--num", type=int, default=4, help="number of images (default 4)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="output PNG grid (video bundles: OUT.gif, or OUT_<i>.gif for several samples)")
-    p.add_argument("--labels", default=None, metavar="L1,L2",
-                   help="labels, one per slot, '-' for an empty slot (e.g. 7 or 7,2 or 7,-)")
-    p.add_argument("--cond", type=Path, default=None, metavar="FILE",
-                   help="raw embeddings (.npy or .safetensors), [tokens, dim] or [N, tokens, dim]")
-    p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale (default: the manifest's; 1 = no guidance)")
-    p.add_argument("--scale", type=int, default=None,
-                   help="pixel repeat factor (default: small images upscaled to a grid >= 512 px wide)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output PNG grid (video bundles: OUT.gif, or OUT_<i>.gif for several samples)",
+    )
+    p.add_argument(
+        "--labels",
+        default=None,
+        metavar="L1,L2",
+        help="labels, one per slot, '-' for an empty slot (e.g. 7 or 7,2 or 7,-)",
+    )
+    p.add_argument(
+        "--cond",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="raw embeddings (.npy or .safetensors), [tokens, dim] or [N, tokens, dim]",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale (default: the manifest's; 1 = no guidance)",
+    )
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        help="pixel repeat factor (default: small images upscaled to a grid >= 512 px wide)",
+    )
     p.add_argument("--save-npy", type=Path, default=None, help="also write the raw [N,C,H,W] output (.npy)")
     _add_backend_args(p)
 
-    p = sub.add_parser("parity", help="check the bundle against its golden references",
-                       description="Level-2/3 parity (docs/design.md section 4). "
-                       "Exit 0 PASS, 1 FAIL, 2 error.")
+    p = sub.add_parser(
+        "parity",
+        help="check the bundle against its golden references",
+        description="Level-2/3 parity (docs/design.md section 4). Exit 0 PASS, 1 FAIL, 2 error.",
+    )
     p.add_argument("bundle", type=Path, help="NAME.edgediff folder")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the JSON report")
     p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="plot the per-step curve")
     _add_backend_args(p)
 
-    p = sub.add_parser("bench", help="latency per model call and per image",
-                       description="Benchmark: p50/p90/p99 latency per model call and per image, peak RSS.")
+    p = sub.add_parser(
+        "bench",
+        help="latency per model call and per image",
+        description="Benchmark: p50/p90/p99 latency per model call and per image, peak RSS.",
+    )
     p.add_argument("bundle", type=Path, help="NAME.edgediff folder")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     p.add_argument("--iters", type=int, default=20, help="timed model calls (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up calls (default 3)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="sampler steps per image (default: the manifest's; per-step scales allow only that)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampler steps per image (default: the manifest's; per-step scales allow only that)",
+    )
     p.add_argument("--image-runs", type=int, default=3, help="timed full sampling runs (default 3)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the JSON result")
     _add_backend_args(p)
@@ -192,8 +239,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"(T={s.num_train_timesteps}), spacing {s.timestep_spacing}, eta {s.eta}, "
         f"guidance {s.guidance_scale if s.guidance_scale is not None else '-'}",
         f"onnx        opset {m.onnx.opset}, IR {m.onnx.ir_version}, custom ops: "
-        + (", ".join(f"{c.domain}::{c.name} (plugin {c.plugin_namespace or '-'} v{c.plugin_version})"
-                     for c in m.onnx.custom_ops) or "none"),
+        + (
+            ", ".join(
+                f"{c.domain}::{c.name} (plugin {c.plugin_namespace or '-'} v{c.plugin_version})"
+                for c in m.onnx.custom_ops
+            )
+            or "none"
+        ),
         f"quant       {m.quant.summary()}",
         "weights     containers: "
         + (", ".join(f"{k} x{v}" for k, v in sorted(m.quant.weight_containers.items())) or "as exported")
@@ -237,8 +289,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_out(args.out, ".gif" if video else ".png", "--out")
     _check_out(args.save_npy, ".npy", "--save-npy")
     feeds = build_conditioning(
-        args.bundle, manifest.conditioning, args.num, labels=args.labels, cond_file=args.cond,
-        guidance=args.guidance, default_guidance=manifest.sampler.guidance_scale,
+        args.bundle,
+        manifest.conditioning,
+        args.num,
+        labels=args.labels,
+        cond_file=args.cond,
+        guidance=args.guidance,
+        default_guidance=manifest.sampler.guidance_scale,
     )
     bundle, backend = _open(args, steps=args.steps)
     steps = bundle.manifest.sampler.steps if args.steps is None else args.steps
@@ -252,7 +309,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     bar = _progress(steps, "sampling")
     try:
         result = sample(
-            bundle, backend, noise, steps,
+            bundle,
+            backend,
+            noise,
+            steps,
             step_callback=(lambda i, t, x: bar.update(1)) if bar is not None else None,
             rng=np.random.default_rng(args.seed + 1),
             extra_feeds=None if guidance is not None else feeds.cond,
@@ -280,8 +340,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     what = f"{args.num} video(s) as GIF" if video else f"{args.num} images"
     cfg = f", guidance {guidance.scale:g} (one batched call)" if guidance is not None else ""
     size = sum(Path(path).stat().st_size for path in written) / 1e3
-    print(f"wrote {args.out} ({what}, {steps} steps{cfg}, {per_call:.1f} ms per model call; "
-          f"upscaled {scale}x, {size:.1f} kB)")
+    print(
+        f"wrote {args.out} ({what}, {steps} steps{cfg}, {per_call:.1f} ms per model call; "
+        f"upscaled {scale}x, {size:.1f} kB)"
+    )
     if args.save_npy is not None:
         npy_kb = args.save_npy.stat().st_size / 1e3
         print(f"wrote {args.save_npy} (raw output, float32, {npy_kb:.1f} kB)")
@@ -313,8 +375,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Latency percentiles per model call and per image."""
     from edgediff_runtime.bench import run_bench
 
-    for flag, value, least in (("--batch", args.batch, 1), ("--iters", args.iters, 1),
-                               ("--warmup", args.warmup, 0), ("--image-runs", args.image_runs, 0)):
+    for flag, value, least in (
+        ("--batch", args.batch, 1),
+        ("--iters", args.iters, 1),
+        ("--warmup", args.warmup, 0),
+        ("--image-runs", args.image_runs, 0),
+    ):
         if value < least:
             raise RuntimeStageError(f"{flag} must be >= {least}, got {value}")
     if args.steps is not None and args.steps < 1:
@@ -322,8 +388,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _check_out(args.json, ".json", "--json")
     bundle, backend = _open(args, steps=args.steps)
     result = run_bench(
-        bundle, backend, batch=args.batch, iters=args.iters, warmup=args.warmup, steps=args.steps,
-        image_runs=args.image_runs, backend_name=args.backend,
+        bundle,
+        backend,
+        batch=args.batch,
+        iters=args.iters,
+        warmup=args.warmup,
+        steps=args.steps,
+        image_runs=args.image_runs,
+        backend_name=args.backend,
     )
     if args.json is not None:
         write_json(args.json, result)

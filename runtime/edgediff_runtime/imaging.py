@@ -147,8 +147,7 @@ def plot_parity(path: str | os.PathLike[str], report: dict) -> None:
     err = [math.log10(max(p["max_abs"], 1e-12)) for p in per_step]
     half = (height - 40) // 2
     panels = [
-        ("PSNR per step (dB), higher is better", psnr, tol.get("latent_psnr_min"), (30, 90, 200),
-         40, half),
+        ("PSNR per step (dB), higher is better", psnr, tol.get("latent_psnr_min"), (30, 90, 200), 40, half),
         (
             "log10 max |runtime - pytorch| per step, lower is better",
             err,

@@ -22,7 +22,11 @@ from edgediff_runtime.devices import (
 from edgediff_runtime.errors import RuntimeStageError
 
 REQUIRED = [
-    "jetson-orin-nano-8gb", "jetson-orin-nx-16gb", "jetson-agx-orin-64gb", "jetson-xavier-nx", "x86-cpu",
+    "jetson-orin-nano-8gb",
+    "jetson-orin-nx-16gb",
+    "jetson-agx-orin-64gb",
+    "jetson-xavier-nx",
+    "x86-cpu",
 ]
 ORIN = REQUIRED[:3]
 CPU_ONLY = ["CPUExecutionProvider"]

@@ -45,8 +45,13 @@ def test_malformed_toml_profile_names_the_file(tmp_path, capsys):
 def test_devices_list_has_the_required_profiles(capsys):
     assert main(["devices", "list"]) == 0
     out = capsys.readouterr().out
-    for name in ("jetson-orin-nano-8gb", "jetson-orin-nx-16gb", "jetson-agx-orin-64gb", "jetson-xavier-nx",
-                 "x86-cpu"):
+    for name in (
+        "jetson-orin-nano-8gb",
+        "jetson-orin-nx-16gb",
+        "jetson-agx-orin-64gb",
+        "jetson-xavier-nx",
+        "x86-cpu",
+    ):
         assert name in out
 
 

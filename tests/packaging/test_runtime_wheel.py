@@ -55,8 +55,11 @@ def _wheel_meta(wheel: Path) -> tuple[list[str], list[Requirement], str]:
         names = zf.namelist()
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
-    reqs = [Requirement(line.split(":", 1)[1].strip()) for line in meta.splitlines()
-            if line.startswith("Requires-Dist:")]
+    reqs = [
+        Requirement(line.split(":", 1)[1].strip())
+        for line in meta.splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
     return names, [r for r in reqs if r.marker is None], entry_points
 
 
@@ -101,10 +104,44 @@ def w8a8_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(["quantize", "--model", "reference", "--method", "ptq", "--bits", "W8A8",
-                     "--steps", str(STEPS), "--out", str(work / "q"), "--device", "cpu"]) == 0
-        assert main(["export", "onnx", str(work / "q"), "--out", str(work / "w8a8.edgediff"),
-                     "--steps", str(STEPS), "--device", "x86-cpu", "--golden-samples", "2"]) == 0
+        assert (
+            main(
+                [
+                    "quantize",
+                    "--model",
+                    "reference",
+                    "--method",
+                    "ptq",
+                    "--bits",
+                    "W8A8",
+                    "--steps",
+                    str(STEPS),
+                    "--out",
+                    str(work / "q"),
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "export",
+                    "onnx",
+                    str(work / "q"),
+                    "--out",
+                    str(work / "w8a8.edgediff"),
+                    "--steps",
+                    str(STEPS),
+                    "--device",
+                    "x86-cpu",
+                    "--golden-samples",
+                    "2",
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     return work / "w8a8.edgediff"
@@ -165,8 +202,12 @@ def test_edgediff_run_info_sample_parity_without_torch(runtime_venv: Path, w8a8_
     assert "w8a8.edgediff" in info and "x86-cpu" in info
 
     grid, raw = tmp_path / "grid.png", tmp_path / "raw.npy"
-    _ok(_run([exe, "sample", w8a8_bundle, "--num", "2", "--seed", "3", "--out", grid, "--save-npy", raw],
-             cwd=tmp_path))
+    _ok(
+        _run(
+            [exe, "sample", w8a8_bundle, "--num", "2", "--seed", "3", "--out", grid, "--save-npy", raw],
+            cwd=tmp_path,
+        )
+    )
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     images = np.load(raw)
     assert images.shape == (2, 1, 16, 16) and np.isfinite(images).all()

@@ -59,8 +59,13 @@ def _build_tiny_bundle(root: Path) -> Path:
 
     torch.manual_seed(SEED)
     unet = diffusers.UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
-        layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"),
     ).eval()
 
@@ -85,9 +90,15 @@ def _build_tiny_bundle(root: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (deprecations, axis renaming)
         torch.onnx.export(
-            quant_model, example, str(bundle / "model.onnx"), dynamo=True, external_data=False,
-            input_names=["sample", "timestep", "step"], output_names=["out"],
-            dynamic_shapes={"sample": {0: batch}, "timestep": {0: batch}, "step": {}}, verbose=False,
+            quant_model,
+            example,
+            str(bundle / "model.onnx"),
+            dynamo=True,
+            external_data=False,
+            input_names=["sample", "timestep", "step"],
+            output_names=["out"],
+            dynamic_shapes={"sample": {0: batch}, "timestep": {0: batch}, "step": {}},
+            verbose=False,
         )
     proto = onnx.load(str(bundle / "model.onnx"))
 
@@ -98,8 +109,13 @@ def _build_tiny_bundle(root: Path) -> Path:
 
     # Golden latents from PyTorch + diffusers (the reference implementation of the sampler).
     scheduler = diffusers.DDIMScheduler(
-        num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
-        timestep_spacing="trailing", clip_sample=True, clip_sample_range=1.0, set_alpha_to_one=True,
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+        clip_sample=True,
+        clip_sample_range=1.0,
+        set_alpha_to_one=True,
     )
     noise = np.random.default_rng(SEED).standard_normal((BATCH, 1, 8, 8), dtype=np.float32)
 
@@ -153,8 +169,12 @@ def _build_tiny_bundle(root: Path) -> Path:
         requirements=Requirements(onnxruntime_min="1.20"),
         device=load_profile("x86-cpu").to_dict(),
         parity=ParitySpec(
-            tolerances={"latent_max_abs": 1e-4, "latent_psnr_min": 80.0, "final_max_abs": 1e-4,
-                        "final_psnr_min": 80.0},
+            tolerances={
+                "latent_max_abs": 1e-4,
+                "latent_psnr_min": 80.0,
+                "final_max_abs": 1e-4,
+                "final_psnr_min": 80.0,
+            },
             tolerance_source="test fixture: fp32 ORT CPU vs PyTorch CPU differ by ~1e-6; 1e-4 leaves margin",
         ),
     )

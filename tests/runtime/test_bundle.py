@@ -39,8 +39,13 @@ def _manifest(**kw) -> Manifest:
         outputs=[TensorSpec("out", "float32", ["batch", 1, 4, 4])],
         sample_shape=[1, 4, 4],
     )
-    return Manifest(name="toy", model=model, sampler=SamplerSpec(kind="ddim", steps=4),
-                    onnx=OnnxSpec(opset=20, ir_version=10), **kw)
+    return Manifest(
+        name="toy",
+        model=model,
+        sampler=SamplerSpec(kind="ddim", steps=4),
+        onnx=OnnxSpec(opset=20, ir_version=10),
+        **kw,
+    )
 
 
 def _toy_onnx(path: Path, opset: int = 20, output: str = "out") -> None:
@@ -179,8 +184,12 @@ def test_onnxruntime_too_old(bundle_copy: Path):
 @pytest.mark.parametrize(
     ("installed", "minimum", "ok"),
     [
-        ("1.32.0", "1.20", True), ("1.20", "1.20.0", True), ("1.9.1", "1.20", False),
-        ("10.3.0.26", "10.3", True), ("1.20.0rc1", "1.20", True), ("8.5.2", "10.3", False),
+        ("1.32.0", "1.20", True),
+        ("1.20", "1.20.0", True),
+        ("1.9.1", "1.20", False),
+        ("10.3.0.26", "10.3", True),
+        ("1.20.0rc1", "1.20", True),
+        ("8.5.2", "10.3", False),
     ],
 )
 def test_version_at_least(installed, minimum, ok):

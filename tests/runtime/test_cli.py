@@ -77,8 +77,25 @@ def test_info(tiny_bundle, capsys):
 def test_sample_writes_a_deterministic_png_grid(tiny_bundle, tmp_path, capsys):
     from PIL import Image
 
-    code, out, err = run(["sample", tiny_bundle, "--seed", 3, "--num", 4, "--out", tmp_path / "a.png",
-                          "--threads", 1, "--save-npy", tmp_path / "a.npy", "--scale", 1], capsys)
+    code, out, err = run(
+        [
+            "sample",
+            tiny_bundle,
+            "--seed",
+            3,
+            "--num",
+            4,
+            "--out",
+            tmp_path / "a.png",
+            "--threads",
+            1,
+            "--save-npy",
+            tmp_path / "a.npy",
+            "--scale",
+            1,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert f"4 images, {STEPS} steps" in out
     data = (tmp_path / "a.png").read_bytes()
@@ -92,8 +109,13 @@ def test_sample_writes_a_deterministic_png_grid(tiny_bundle, tmp_path, capsys):
     assert run(["sample", tiny_bundle, "--seed", 3, "--num", 4, "--out", tmp_path / "b.png"], capsys)[0] == 0
     big = np.asarray(Image.open(tmp_path / "b.png"))
     np.testing.assert_array_equal(big, img.repeat(27, axis=0).repeat(27, axis=1))
-    assert run(["sample", tiny_bundle, "--seed", 4, "--num", 4, "--out", tmp_path / "c.png",
-                "--scale", 1], capsys)[0] == 0
+    assert (
+        run(
+            ["sample", tiny_bundle, "--seed", 4, "--num", 4, "--out", tmp_path / "c.png", "--scale", 1],
+            capsys,
+        )[0]
+        == 0
+    )
     assert (tmp_path / "c.png").read_bytes() != data
     assert leftovers(tmp_path) == ["a.npy", "a.png", "b.png", "c.png"]
 
@@ -162,7 +184,8 @@ def test_bundle_for_another_device(bundle_copy, tmp_path, capsys):
     out = tmp_path / "g.png"
     code, _, err = run(["sample", bundle_copy, "--out", out], capsys)
     assert_one_line_error(
-        code, err,
+        code,
+        err,
         "bundle targets jetson-orin-nano-8gb (aarch64, TensorRT 10.3) but this host is x86_64; "
         "re-export with --device x86-cpu or pass --ignore-device",
     )
@@ -196,8 +219,12 @@ def test_parity_pass_json_and_plot(tiny_bundle, tmp_path, capsys):
     report = json.loads(report_path.read_text())
     assert report["passed"] is True
     assert len(report["level2"]["per_step"]) == STEPS
-    assert [c["name"] for c in report["checks"]] == ["latent_max_abs", "latent_psnr_min", "final_max_abs",
-                                                     "final_psnr_min"]
+    assert [c["name"] for c in report["checks"]] == [
+        "latent_max_abs",
+        "latent_psnr_min",
+        "final_max_abs",
+        "final_psnr_min",
+    ]
     assert report["level2"]["latent_max_abs"] < 1e-4
     assert report["level3"]["psnr_vs_fp"] == pytest.approx(report["level3"]["pytorch_psnr_vs_fp"], abs=0.01)
     assert plot_path.read_bytes().startswith(PNG_MAGIC)
@@ -237,8 +264,25 @@ def test_parity_detects_sampler_mismatch(bundle_copy, capsys):
 
 def test_bench(tiny_bundle, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code, text, err = run(["bench", tiny_bundle, "--iters", 5, "--warmup", 1, "--image-runs", 1, "--batch", 2,
-                           "--steps", STEPS, "--json", out], capsys)
+    code, text, err = run(
+        [
+            "bench",
+            tiny_bundle,
+            "--iters",
+            5,
+            "--warmup",
+            1,
+            "--image-runs",
+            1,
+            "--batch",
+            2,
+            "--steps",
+            STEPS,
+            "--json",
+            out,
+        ],
+        capsys,
+    )
     assert code == 0, err
     result = json.loads(out.read_text())
     call = result["unet_call_ms"]

@@ -209,9 +209,15 @@ def test_gif_per_sample(tmp_path: Path):
 
 def test_parity_report_shows_export_bound_warning():
     report = {
-        "bundle": "b", "backend": "ort", "sampler": {"kind": "ddim", "steps": 1}, "batch": 1,
+        "bundle": "b",
+        "backend": "ort",
+        "sampler": {"kind": "ddim", "steps": 1},
+        "batch": 1,
         "level2": {"latent_max_abs": 1.0, "latent_psnr_min": -34.0, "final_max_abs": 1.0, "final_psnr": 1.0},
-        "level3": None, "checks": [], "passed": False, "tolerance_source": "t",
+        "level3": None,
+        "checks": [],
+        "passed": False,
+        "tolerance_source": "t",
         "export_bounds": {"within": False, "message": "export error past the bound"},
     }
     assert "WARNING: export error past the bound" in format_report(report)

@@ -55,7 +55,10 @@ SCRIPT = textwrap.dedent(
 def test_runtime_imports_and_runs_without_torch(tiny_bundle: Path):
     script = SCRIPT.format(blocked=BLOCKED, bundle=str(tiny_bundle))
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "runtime")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -70,7 +73,11 @@ def test_console_script_help():
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "info" in proc.stdout and "parity" in proc.stdout and "bench" in proc.stdout
-    proc = subprocess.run([exe, "sample", "/nonexistent.edgediff", "--out", "/tmp/x.png"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [exe, "sample", "/nonexistent.edgediff", "--out", "/tmp/x.png"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert proc.stderr == "error: bundle /nonexistent.edgediff does not exist; check the path\n"

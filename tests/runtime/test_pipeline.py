@@ -25,8 +25,9 @@ def loaded(tiny_bundle: Path):
 def test_every_step_matches_pytorch_within_1e4(loaded):
     bundle, backend, golden = loaded
     seen = []
-    result = sample(bundle, backend, golden.noise, keep_latents=True,
-                    step_callback=lambda i, t, x: seen.append((i, t)))
+    result = sample(
+        bundle, backend, golden.noise, keep_latents=True, step_callback=lambda i, t, x: seen.append((i, t))
+    )
     assert [i for i, _ in seen] == list(range(STEPS))
     assert [t for _, t in seen] == golden.timesteps.tolist() == [999, 799, 599, 399, 199]
     assert len(result.latents) == STEPS

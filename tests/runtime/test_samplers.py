@@ -37,26 +37,42 @@ def _spec(kind: str, pred: str, spacing: str, steps: int, schedule: str, offset:
     beta_end = 0.012 if schedule == "scaled_linear" else 0.02
     beta_start = 0.00085 if schedule == "scaled_linear" else 0.0001
     return SamplerSpec(
-        kind=kind, num_train_timesteps=1000, beta_schedule=schedule, beta_start=beta_start, beta_end=beta_end,
-        prediction_type=pred, timestep_spacing=spacing, steps=steps, steps_offset=offset, **kw,
+        kind=kind,
+        num_train_timesteps=1000,
+        beta_schedule=schedule,
+        beta_start=beta_start,
+        beta_end=beta_end,
+        prediction_type=pred,
+        timestep_spacing=spacing,
+        steps=steps,
+        steps_offset=offset,
+        **kw,
     )
 
 
 def _diffusers(spec: SamplerSpec):
     common = dict(
-        num_train_timesteps=spec.num_train_timesteps, beta_schedule=spec.beta_schedule,
-        beta_start=spec.beta_start, beta_end=spec.beta_end, prediction_type=spec.prediction_type,
-        timestep_spacing=spec.timestep_spacing, steps_offset=spec.steps_offset,
+        num_train_timesteps=spec.num_train_timesteps,
+        beta_schedule=spec.beta_schedule,
+        beta_start=spec.beta_start,
+        beta_end=spec.beta_end,
+        prediction_type=spec.prediction_type,
+        timestep_spacing=spec.timestep_spacing,
+        steps_offset=spec.steps_offset,
     )
     if spec.kind in ("ddim", "x0_fewstep"):
         return schedulers.DDIMScheduler(
-            clip_sample=spec.clip_sample, clip_sample_range=spec.clip_sample_range,
-            set_alpha_to_one=spec.set_alpha_to_one, **common,
+            clip_sample=spec.clip_sample,
+            clip_sample_range=spec.clip_sample_range,
+            set_alpha_to_one=spec.set_alpha_to_one,
+            **common,
         )
     if spec.kind == "ddpm":
         return schedulers.DDPMScheduler(
-            clip_sample=spec.clip_sample, clip_sample_range=spec.clip_sample_range,
-            variance_type=spec.variance_type, **common,
+            clip_sample=spec.clip_sample,
+            clip_sample_range=spec.clip_sample_range,
+            variance_type=spec.variance_type,
+            **common,
         )
     if spec.kind == "dpmpp_2m":
         return schedulers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **common)
@@ -172,8 +188,11 @@ def test_x0_fewstep_follows_methods_4_7(pred):
         a_t = abar[t]
         a_s = abar[ts[i + 1]] if i + 1 < len(ts) else 1.0
         zr = z_ref.astype(np.float64)
-        x0 = {"sample": f, "epsilon": (zr - np.sqrt(1 - a_t) * f) / np.sqrt(a_t),
-              "v_prediction": np.sqrt(a_t) * zr - np.sqrt(1 - a_t) * f}[pred]
+        x0 = {
+            "sample": f,
+            "epsilon": (zr - np.sqrt(1 - a_t) * f) / np.sqrt(a_t),
+            "v_prediction": np.sqrt(a_t) * zr - np.sqrt(1 - a_t) * f,
+        }[pred]
         x0 = np.clip(x0, -1, 1)
         eps = (zr - np.sqrt(a_t) * x0) / np.sqrt(1 - a_t)
         z_ref = np.sqrt(a_s) * x0 + np.sqrt(1 - a_s) * eps

@@ -27,8 +27,9 @@ def bad_models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def good_report(tmp_path_factory):
     out = tmp_path_factory.mktemp("good")
-    return evaluate("reference", SAMPLES, STEPS, seed=0, json_out=out / "r.json", grid_out=out / "g.png",
-                    progress=False), out
+    return evaluate(
+        "reference", SAMPLES, STEPS, seed=0, json_out=out / "r.json", grid_out=out / "g.png", progress=False
+    ), out
 
 
 def test_report_fields_and_files(good_report):

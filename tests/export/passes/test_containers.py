@@ -104,7 +104,12 @@ def _residual_model(bits: int, opset: int, conv: bool = True):
     inits, names = ops.make_residual_binary_initializers("res", bias=rng.standard_normal(cout), **operands)
     if conv:
         node = ops.make_residual_binary_conv_node(
-            ["x", *names], "y", kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1],
+            ["x", *names],
+            "y",
+            kernel_shape=[3, 3],
+            strides=[1, 1],
+            pads=[1, 1, 1, 1],
+            dilations=[1, 1],
             group=1,
         )
         x_shape, y_shape = [2, cin, 7, 7], [2, cout, 7, 7]
