@@ -571,6 +571,26 @@ def _check_runtime_versions(manifest: Manifest, backend: str | None, name: str) 
             )
 
 
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """The bundle's parsed and validated ``manifest.json`` alone (no file hashing, no graph check):
+    what a command needs to check its arguments before it opens the bundle."""
+    root = Path(path)
+    if not root.exists():
+        raise RuntimeStageError(f"bundle {root} does not exist; check the path")
+    if not root.is_dir():
+        raise RuntimeStageError(
+            f"bundle {root} is not a folder; pass the NAME.edgediff folder the exporter wrote"
+        )
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise RuntimeStageError(f"{root} is not an edgediff bundle: {MANIFEST_NAME} is missing; re-export it")
+    try:
+        text = manifest_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuntimeStageError(f"cannot read {manifest_path}: {exc}; re-export the bundle") from None
+    return Manifest.from_json(text, source=f"{MANIFEST_NAME} of bundle {root.name}")
+
+
 def load_bundle(
     path: str | os.PathLike[str],
     *,
@@ -587,20 +607,7 @@ def load_bundle(
     "trt" or None) meets ``manifest.requirements``.
     """
     root = Path(path)
-    if not root.exists():
-        raise RuntimeStageError(f"bundle {root} does not exist; check the path")
-    if not root.is_dir():
-        raise RuntimeStageError(
-            f"bundle {root} is not a folder; pass the NAME.edgediff folder the exporter wrote"
-        )
-    manifest_path = root / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise RuntimeStageError(f"{root} is not an edgediff bundle: {MANIFEST_NAME} is missing; re-export it")
-    try:
-        text = manifest_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RuntimeStageError(f"cannot read {manifest_path}: {exc}; re-export the bundle") from None
-    manifest = Manifest.from_json(text, source=f"{MANIFEST_NAME} of bundle {root.name}")
+    manifest = read_manifest(root)
     if manifest.model.file not in manifest.files:
         raise RuntimeStageError(
             f"{MANIFEST_NAME} of bundle {root.name} has no checksum "

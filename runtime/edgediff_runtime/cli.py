@@ -16,7 +16,7 @@ import numpy as np
 
 from edgediff_runtime._atomic import probe_dir, write_json
 from edgediff_runtime.backends import BACKENDS, Backend, open_backend
-from edgediff_runtime.bundle import GOLDEN_PATH, Bundle, load_bundle
+from edgediff_runtime.bundle import GOLDEN_PATH, Bundle, load_bundle, read_manifest
 from edgediff_runtime.cli_errors import OneLineParser, parse_or_exit_code, run_guarded
 from edgediff_runtime.devices import check_host
 from edgediff_runtime.errors import RuntimeStageError
@@ -284,7 +284,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise RuntimeStageError(f"--seed must be >= 0, got {args.seed}")
     if args.steps is not None and args.steps < 1:
         raise RuntimeStageError(f"steps must be >= 1, got {args.steps}; pass --steps 1 or more")
-    manifest = load_bundle(args.bundle, verify=False, backend=None).manifest
+    manifest = read_manifest(args.bundle)  # the bundle is opened and verified below
     video = manifest.model.layout == "BCFHW"
     _check_out(args.out, ".gif" if video else ".png", "--out")
     _check_out(args.save_npy, ".npy", "--save-npy")

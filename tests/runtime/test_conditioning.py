@@ -167,7 +167,9 @@ def _bundle(tiny_bundle: Path, shape: list[int], layout: str, learned_sigma: boo
         layout=layout,
         learned_sigma=learned_sigma,
     )
-    manifest = dataclasses.replace(m, model=model, conditioning=DIT)
+    # no step input, so no per-step table either (the manifest check refuses one without the other)
+    quant = dataclasses.replace(m.quant, step_table=None)
+    manifest = dataclasses.replace(m, model=model, conditioning=DIT, quant=quant)
     manifest.check()
     return Bundle(root=tiny_bundle, manifest=manifest)
 
