@@ -50,7 +50,7 @@ def test_main_requires_the_runtime_at_its_version_and_does_not_package_it():
 
 def test_runtime_dependencies_are_torch_free():
     deps = _requirements(RUNTIME)
-    assert set(deps) == {"numpy", "onnxruntime", "pillow", "tomli"}
+    assert set(deps) == {"numpy", "onnxruntime", "pillow", "safetensors", "tomli"}
     assert deps["tomli"].marker is not None and not deps["tomli"].marker.evaluate({"python_version": "3.11"})
     extras = RUNTIME["project"]["optional-dependencies"]
     assert [Requirement(r).name for r in extras["prompts"]] == ["tokenizers"]
