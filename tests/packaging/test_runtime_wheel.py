@@ -152,7 +152,7 @@ def test_runtime_wheel_ships_the_profiles_and_no_torch(wheels: dict[str, Path]):
     assert _top_level(names) == {"edgediff_runtime"}
     for path in PROFILES.iterdir():
         assert f"edgediff_runtime/profiles/{path.name}" in names
-    assert {r.name for r in reqs} == {"numpy", "onnxruntime", "pillow"}
+    assert {r.name for r in reqs} == {"numpy", "onnxruntime", "pillow", "safetensors"}
     assert "edgediff-run = edgediff_runtime.cli:main" in entry_points
 
 
