@@ -93,7 +93,8 @@ def runtime_bundle(path: Path, case: ModelCase, steps: int):
 
     from edgediff.sampling import ddim_settings
     from edgediff_export.bundle import _tensor_specs, sampler_spec
-    from edgediff_runtime.bundle import Bundle, Manifest, ModelSpec, OnnxSpec
+    from edgediff_runtime.bundle import Bundle
+    from edgediff_runtime.manifest import Manifest, ModelSpec, OnnxSpec
 
     proto = onnx.load(str(path), load_external_data=False)
     manifest = Manifest(

@@ -60,7 +60,11 @@ from edgediff_export.to_onnx import (
     check_opset,
     export_unet,
 )
-from edgediff_runtime.bundle import (
+from edgediff_runtime.bundle import load_bundle, write_manifest
+from edgediff_runtime.devices import DeviceProfile, load_profile
+from edgediff_runtime.errors import RuntimeStageError
+from edgediff_runtime.golden import save_golden
+from edgediff_runtime.manifest import (
     CustomOp,
     Manifest,
     ModelSpec,
@@ -70,12 +74,7 @@ from edgediff_runtime.bundle import (
     Requirements,
     SamplerSpec,
     TensorSpec,
-    load_bundle,
-    save_golden,
-    write_manifest,
 )
-from edgediff_runtime.devices import DeviceProfile, load_profile
-from edgediff_runtime.errors import RuntimeStageError
 
 log = logging.getLogger(__name__)
 

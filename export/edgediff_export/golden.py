@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from edgediff.quant import quant_layers
 from edgediff.sampling import ddim_prev_timesteps, ddim_step, seeded_noise
-from edgediff_runtime.bundle import SamplerSpec
+from edgediff_runtime.manifest import SamplerSpec
 
 
 @dataclass

@@ -23,7 +23,8 @@ from edgediff.quant import quant_layers
 from edgediff.quant.io import folder_digest
 from edgediff_export.errors import ExportError
 from edgediff_export.to_onnx import LAYER_OUTPUTS_FILE
-from edgediff_runtime.bundle import load_bundle, load_golden
+from edgediff_runtime.bundle import load_bundle
+from edgediff_runtime.golden import load_golden
 
 
 def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:

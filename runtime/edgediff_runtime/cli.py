@@ -16,10 +16,11 @@ import numpy as np
 
 from edgediff_runtime._atomic import probe_dir, write_json
 from edgediff_runtime.backends import BACKENDS, Backend, open_backend
-from edgediff_runtime.bundle import GOLDEN_PATH, Bundle, load_bundle, read_manifest
+from edgediff_runtime.bundle import Bundle, load_bundle, read_manifest
 from edgediff_runtime.cli_errors import OneLineParser, parse_or_exit_code, run_guarded
 from edgediff_runtime.devices import check_host
 from edgediff_runtime.errors import RuntimeStageError
+from edgediff_runtime.manifest import GOLDEN_PATH
 
 
 def _check_out(path: Path | None, suffix: str, flag: str) -> None:

@@ -18,8 +18,9 @@ import platform
 import numpy as np
 
 from edgediff_runtime.backends import Backend
-from edgediff_runtime.bundle import Bundle, Golden, load_golden
+from edgediff_runtime.bundle import Bundle
 from edgediff_runtime.errors import RuntimeStageError
+from edgediff_runtime.golden import Golden, load_golden
 from edgediff_runtime.pipeline import Guidance, sample
 from edgediff_runtime.samplers import make_sampler
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgediff_runtime.backends import Backend
-from edgediff_runtime.bundle import Bundle, ModelSpec, TensorSpec
+from edgediff_runtime.bundle import Bundle
 from edgediff_runtime.errors import RuntimeStageError
+from edgediff_runtime.manifest import ModelSpec, TensorSpec
 from edgediff_runtime.samplers import Sampler, cfg_batch, cfg_combine, make_sampler
 
 StepCallback = Callable[[int, float, np.ndarray], None]

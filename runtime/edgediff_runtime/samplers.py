@@ -22,8 +22,8 @@ import abc
 
 import numpy as np
 
-from edgediff_runtime.bundle import SamplerSpec
 from edgediff_runtime.errors import RuntimeStageError
+from edgediff_runtime.manifest import SamplerSpec
 from edgediff_runtime.schedules import (
     alphas_cumprod,
     ddim_timesteps,

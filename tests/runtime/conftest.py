@@ -42,7 +42,10 @@ def _build_tiny_bundle(root: Path) -> Path:
     diffusers = pytest.importorskip("diffusers")
     import onnx
 
-    from edgediff_runtime.bundle import (
+    from edgediff_runtime.bundle import write_manifest
+    from edgediff_runtime.devices import load_profile
+    from edgediff_runtime.golden import save_golden
+    from edgediff_runtime.manifest import (
         CustomOp,
         Manifest,
         ModelSpec,
@@ -52,10 +55,7 @@ def _build_tiny_bundle(root: Path) -> Path:
         Requirements,
         SamplerSpec,
         TensorSpec,
-        save_golden,
-        write_manifest,
     )
-    from edgediff_runtime.devices import load_profile
 
     torch.manual_seed(SEED)
     unet = diffusers.UNet2DModel(

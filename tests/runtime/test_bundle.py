@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgediff_runtime.bundle import (
+from edgediff_runtime.bundle import load_bundle, version_at_least, write_manifest
+from edgediff_runtime.errors import RuntimeStageError
+from edgediff_runtime.golden import load_golden, save_golden
+from edgediff_runtime.manifest import (
     GOLDEN_PATH,
     SCHEMA_VERSION,
     Manifest,
@@ -19,13 +22,7 @@ from edgediff_runtime.bundle import (
     OnnxSpec,
     SamplerSpec,
     TensorSpec,
-    load_bundle,
-    load_golden,
-    save_golden,
-    version_at_least,
-    write_manifest,
 )
-from edgediff_runtime.errors import RuntimeStageError
 from tests.runtime.conftest import STEPS
 
 

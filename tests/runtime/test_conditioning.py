@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgediff_runtime.bundle import Bundle, Manifest, ModelSpec, TensorSpec, load_bundle
+from edgediff_runtime.bundle import Bundle, load_bundle
 from edgediff_runtime.conditioning import (
     ConditioningSpec,
     build_conditioning,
@@ -19,6 +19,7 @@ from edgediff_runtime.conditioning import (
 )
 from edgediff_runtime.errors import RuntimeStageError
 from edgediff_runtime.imaging import save_gif, video_paths
+from edgediff_runtime.manifest import Manifest, ModelSpec, TensorSpec
 from edgediff_runtime.parity import format_report
 from edgediff_runtime.pipeline import Guidance, sample
 

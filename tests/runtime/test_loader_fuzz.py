@@ -10,7 +10,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgediff_runtime.bundle import (
+from edgediff_runtime.devices import devices_dir, load_profile
+from edgediff_runtime.errors import RuntimeStageError
+from edgediff_runtime.manifest import (
     Manifest,
     ModelSpec,
     OnnxSpec,
@@ -20,8 +22,6 @@ from edgediff_runtime.bundle import (
     SamplerSpec,
     TensorSpec,
 )
-from edgediff_runtime.devices import devices_dir, load_profile
-from edgediff_runtime.errors import RuntimeStageError
 
 SETTINGS = settings(
     max_examples=100,

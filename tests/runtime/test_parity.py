@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from edgediff_runtime.backends.ort import OrtBackend
-from edgediff_runtime.bundle import load_bundle, load_golden
+from edgediff_runtime.bundle import load_bundle
 from edgediff_runtime.errors import RuntimeStageError
+from edgediff_runtime.golden import load_golden
 from edgediff_runtime.imaging import encode_png, make_grid, to_uint8
 from edgediff_runtime.parity import format_report, max_abs, psnr, run_parity
 

@@ -9,8 +9,10 @@ import pytest
 
 from edgediff_runtime.backends import Backend, open_backend
 from edgediff_runtime.backends.ort import OrtBackend, resolve_providers
-from edgediff_runtime.bundle import TensorSpec, load_bundle, load_golden
+from edgediff_runtime.bundle import load_bundle
 from edgediff_runtime.errors import RuntimeStageError
+from edgediff_runtime.golden import load_golden
+from edgediff_runtime.manifest import TensorSpec
 from edgediff_runtime.pipeline import Guidance, make_feeds, sample, scalar_feed
 from edgediff_runtime.samplers import make_sampler
 from tests.runtime.conftest import BATCH, STEPS

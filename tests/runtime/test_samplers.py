@@ -14,8 +14,8 @@ torch = pytest.importorskip("torch")
 schedulers = pytest.importorskip("diffusers.schedulers")
 
 from edgediff.sampling import ddim_prev_timesteps, ddim_step  # noqa: E402
-from edgediff_runtime.bundle import SamplerSpec  # noqa: E402
 from edgediff_runtime.errors import RuntimeStageError  # noqa: E402
+from edgediff_runtime.manifest import SamplerSpec  # noqa: E402
 from edgediff_runtime.samplers import cfg_batch, cfg_combine, make_sampler  # noqa: E402
 from edgediff_runtime.schedules import ddim_timesteps, make_betas  # noqa: E402
 
