@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +12,8 @@ from edgediff.errors import EdgediffError
 from edgediff.models.call import denoise
 from edgediff.models.conditioning import Conditioning, guided_batch
 from edgediff.models.signature import signature_of
-from edgediff.quant import set_step
+from edgediff.quant import Recipe, calibrate, collect_calibration, quantize_, set_step
+from edgediff.quant.calibration import CalibrationData
 from edgediff.sampling import cfg_combine, ddim_prev_timesteps, ddim_step, make_ddim
 
 
@@ -117,3 +119,36 @@ def quant_forward(
 def sample_shape(unet: nn.Module) -> tuple[int, ...]:
     """One sample's shape, `(C, H, W)` or `(C, F, H, W)` (edgediff.models.signature)."""
     return signature_of(unet).sample_shape(unet.config)
+
+
+def quantize_and_calibrate(
+    fp: nn.Module,
+    scheduler_config: dict,
+    recipe: Recipe,
+    *,
+    calib_steps: int,
+    calib_samples: int,
+    seed: int,
+    table_steps: int | None,
+    progress: bool = True,
+    conditioning: Conditioning | None = None,
+    guidance_scale: float | None = None,
+) -> tuple[nn.Module, CalibrationData]:
+    """A fake-quantized copy of `fp` under `recipe` (per-step tables of `table_steps` entries),
+    calibrated on `calib_samples` seeded FP DDIM trajectories of `calib_steps` steps (docs/methods.md
+    6.9); returns the model and the calibration inputs."""
+    model = copy.deepcopy(fp).eval()
+    quantize_(model, recipe, num_steps=table_steps)
+    data = collect_calibration(
+        fp,
+        scheduler_config,
+        num_samples=calib_samples,
+        num_steps=calib_steps,
+        seed=seed,
+        sample_shape=sample_shape(fp),
+        progress=progress,
+        conditioning=conditioning,
+        guidance_scale=guidance_scale,
+    )
+    calibrate(model, data, seed=seed, progress=progress)
+    return model, data

@@ -10,7 +10,6 @@ the model; linear decay to 0, no warm-up.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,18 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgediff.methods.common import TrajectoryStream, quant_forward, sample_shape
+from edgediff.methods.common import TrajectoryStream, quant_forward, quantize_and_calibrate, sample_shape
 from edgediff.methods.registry import Method, QuantizeJob, register
 from edgediff.models.conditioning import Conditioning
 from edgediff.quant import (
     BitSetting,
     LoRASpec,
     Recipe,
-    calibrate,
-    collect_calibration,
     default_recipe,
     quant_layers,
-    quantize_,
 )
 from edgediff.train.loop import Checkpointing, LoopConfig, TrainLoop, seed_everything
 
@@ -222,21 +218,19 @@ def run_efficientdm(
 ) -> tuple[nn.Module, Recipe, dict]:
     """Quantize, calibrate on FP trajectories, then fine-tune; returns (model, recipe, training record)."""
     seed_everything(cfg.seed)  # the LoRA factors are drawn from the global generator
-    model = copy.deepcopy(fp).eval()
-    recipe = recipe or efficientdm_recipe(bits, model, cfg)
-    quantize_(model, recipe, num_steps=cfg.num_steps)
-    data = collect_calibration(
+    recipe = recipe or efficientdm_recipe(bits, fp, cfg)
+    model, _ = quantize_and_calibrate(
         fp,
         scheduler_config,
-        num_samples=cfg.calib_samples,
-        num_steps=cfg.num_steps,
+        recipe,
+        calib_steps=cfg.num_steps,
+        calib_samples=cfg.calib_samples,
         seed=cfg.seed,
-        sample_shape=sample_shape(fp),
+        table_steps=cfg.num_steps,
         progress=progress,
         conditioning=conditioning,
         guidance_scale=guidance_scale,
     )
-    calibrate(model, data, seed=cfg.seed, progress=progress)
     record = finetune(
         model,
         fp,

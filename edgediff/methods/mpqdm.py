@@ -11,14 +11,13 @@ written into the returned recipe as one rule per layer, so `save_quantized` full
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from torch import Tensor, nn
 
 from edgediff.errors import EdgediffError
-from edgediff.methods.common import quant_forward, sample_shape
+from edgediff.methods.common import quant_forward, quantize_and_calibrate
 from edgediff.methods.efficientdm import EfficientDMConfig, base_config, finetune
 from edgediff.methods.mtrd import MTRDLoss
 from edgediff.methods.omq import SEARCH_RANGES, SELECTIONS, SplitChoice, omq_search, searched_layer_quant
@@ -30,11 +29,8 @@ from edgediff.quant import (
     LoRASpec,
     Recipe,
     ResidualSpec,
-    calibrate,
-    collect_calibration,
     default_recipe,
     quant_layers,
-    quantize_,
     storage_bits,
 )
 from edgediff.train.loop import Checkpointing, seed_everything
@@ -161,18 +157,16 @@ def prepare(
     """Copy, quantize, calibrate (δ, ranges), OMQ search; returns (model, final recipe, record, data)."""
     base_bits = BitSetting.of(bits).w
     seed_everything(cfg.base.seed)  # the LoRA factors are drawn from the global generator
-    model = copy.deepcopy(fp).eval()
-    quantize_(model, recipe, num_steps=cfg.base.num_steps)
-    data = collect_calibration(
+    model, data = quantize_and_calibrate(
         fp,
         scheduler_config,
-        num_samples=cfg.base.calib_samples,
-        num_steps=cfg.base.num_steps,
+        recipe,
+        calib_steps=cfg.base.num_steps,
+        calib_samples=cfg.base.calib_samples,
         seed=cfg.base.seed,
-        sample_shape=sample_shape(fp),
+        table_steps=cfg.base.num_steps,
         progress=progress,
     )
-    calibrate(model, data, seed=cfg.base.seed, progress=progress)
     choices: dict[str, SplitChoice] = {}
     if cfg.omq:
         if not 2 <= base_bits <= 7:

@@ -7,15 +7,14 @@ from the shrinking Lp grid search (p = 2.4, 80 ratios, docs/methods.md 1.2(1), 6
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from torch import nn
 
-from edgediff.methods.common import sample_shape
+from edgediff.methods.common import quantize_and_calibrate
 from edgediff.methods.registry import Method, QuantizeJob, register
 from edgediff.models.conditioning import Conditioning
-from edgediff.quant import BitSetting, Recipe, calibrate, collect_calibration, default_recipe, quantize_
+from edgediff.quant import BitSetting, Recipe, default_recipe
 
 
 @dataclass(frozen=True)
@@ -39,22 +38,20 @@ def run_ptq(
 ) -> tuple[nn.Module, Recipe]:
     """Return a calibrated fake-quantized copy of `fp` and the recipe used; calibration runs
     the FP sampler with `conditioning` (and `guidance_scale`: both halves)."""
-    model = copy.deepcopy(fp).eval()
-    recipe = recipe or default_recipe(bits, model, a_mode=cfg.a_mode)
+    recipe = recipe or default_recipe(bits, fp, a_mode=cfg.a_mode)
     steps = num_steps or cfg.calib_steps
-    quantize_(model, recipe, num_steps=steps if cfg.a_mode == "per_step" else None)
-    data = collect_calibration(
+    model, _ = quantize_and_calibrate(
         fp,
         scheduler_config,
-        num_samples=cfg.calib_samples,
-        num_steps=steps,
+        recipe,
+        calib_steps=steps,
+        calib_samples=cfg.calib_samples,
         seed=cfg.seed,
-        sample_shape=sample_shape(fp),
+        table_steps=steps if cfg.a_mode == "per_step" else None,
         progress=progress,
         conditioning=conditioning,
         guidance_scale=guidance_scale,
     )
-    calibrate(model, data, seed=cfg.seed, progress=progress)
     return model, recipe
 
 

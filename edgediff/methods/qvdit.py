@@ -11,7 +11,6 @@ Every part is a switch of `QVDiTConfig` for ablations.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -20,12 +19,12 @@ from torch import Tensor, nn
 
 from edgediff.bitspec import BitSetting
 from edgediff.errors import EdgediffError
-from edgediff.methods.common import sample_shape
+from edgediff.methods.common import quantize_and_calibrate
 from edgediff.methods.efficientdm import EfficientDMConfig, base_config, finetune
 from edgediff.methods.registry import Method, QuantizeJob, cli_field, register
 from edgediff.methods.trd import FeatureTap
 from edgediff.models.conditioning import Conditioning
-from edgediff.quant import LayerQuant, LoRASpec, Recipe, calibrate, collect_calibration, quantize_
+from edgediff.quant import LayerQuant, LoRASpec, Recipe
 from edgediff.quant.branches import frame_blocks
 from edgediff.quant.recipe import TQESpec
 
@@ -255,20 +254,18 @@ def prepare(
     guidance_scale: float | None = None,
 ) -> nn.Module:
     """Copy, quantize with `recipe`, initialise the weight ranges on FP-trajectory inputs."""
-    model = copy.deepcopy(fp).eval()
-    quantize_(model, recipe, num_steps=cfg.base.num_steps)
-    data = collect_calibration(
+    model, _ = quantize_and_calibrate(
         fp,
         scheduler_config,
-        num_samples=cfg.base.calib_samples,
-        num_steps=cfg.base.num_steps,
+        recipe,
+        calib_steps=cfg.base.num_steps,
+        calib_samples=cfg.base.calib_samples,
         seed=cfg.base.seed,
-        sample_shape=sample_shape(fp),
+        table_steps=cfg.base.num_steps,
         progress=progress,
         conditioning=conditioning,
         guidance_scale=guidance_scale,
     )
-    calibrate(model, data, seed=cfg.base.seed, progress=progress)
     return model
 
 
