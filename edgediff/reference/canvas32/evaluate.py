@@ -6,6 +6,10 @@ classifier reads as the requested label; `fd` is the Frechet distance of the cla
 features of the samples against `REAL_SAMPLES` real compositions (all digits, uniform labels).
 `fd_real_floor` is the same FD for as many real compositions of the held-out digits, drawn with
 the same labels: what a perfect generator would score at this sample count.
+
+The samples come from the project's one seeded sampler (`edgediff.models.sample.sample_model`:
+DDIM on the model's own scheduler settings, classifier-free guidance with the label table's null
+row), so an FP folder, `reference:canvas32` and a quantized canvas32 folder are scored alike.
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ import numpy as np
 import torch
 
 from edgediff.errors import EdgediffError
+from edgediff.models.conditioning import label_conditioning
+from edgediff.models.loading import load_model
+from edgediff.models.sample import sample_model
 from edgediff.reference.canvas32 import CLASSIFIER_DIR
 from edgediff.reference.canvas32.classifier import SlotCNN, load_slot_classifier
-from edgediff.reference.canvas32.data import CANVAS, DigitPool, make_batch, make_canvases, sample_labels
-from edgediff.reference.canvas32.model import load
-from edgediff.reference.canvas32.sampling import cfg_ddim_sample
+from edgediff.reference.canvas32.data import DigitPool, make_batch, make_canvases, sample_labels
 from edgediff.reference.metrics import frechet_distance
-from edgediff.sampling import seeded_noise
 from edgediff.utils.atomic import atomic_file
 
 REAL_SAMPLES = 2000
@@ -65,16 +69,17 @@ def evaluate(
     """Sample `samples` conditional canvases and score them; optionally write JSON and a grid."""
     if samples < 2:
         raise EdgediffError(f"--samples must be at least 2 for FD, got {samples}")
-    loaded = load(model)
+    loaded = load_model(model)
+    if loaded.label_table is None:
+        raise EdgediffError(f"{model} has no conditioning/ label table; it is not a canvas32 model")
     classifier = load_slot_classifier(classifier_dir)
     if labels is None:
         cond = sample_labels(samples, torch.Generator().manual_seed(seed + 1_000_003))
     else:
         cond = torch.tensor([labels] * samples, dtype=torch.long)
-    noise = seeded_noise(samples, (1, CANVAS, CANVAS), seed)
     t0 = time.perf_counter()
-    images = cfg_ddim_sample(
-        loaded.unet, loaded.table, loaded.scheduler_config, noise, cond, steps, guidance, progress=progress
+    images = sample_model(
+        loaded, samples, steps, seed, progress, label_conditioning(loaded, cond), guidance_scale=guidance
     )
     sample_seconds = time.perf_counter() - t0
     feats, preds = features(classifier, images)
@@ -94,7 +99,9 @@ def evaluate(
         "guidance": guidance,
         "labels": "uniform per slot" if labels is None else list(labels),
         "model": str(model),
-        "sampler": "ddim (eta 0, trailing spacing) with classifier-free guidance",
+        "quantized": loaded.quantized,
+        "sampler": f"ddim (eta 0, {loaded.scheduler_config.get('timestep_spacing', 'leading')} spacing) "
+        "with classifier-free guidance",
         "sample_seconds": round(sample_seconds, 2),
     }
     if grid_out is not None:

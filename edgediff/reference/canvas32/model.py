@@ -14,16 +14,13 @@ trailing spacing and final alpha-bar 1) and `conditioning/` (the label table).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from torch import nn
 
-from edgediff.errors import EdgediffError
 from edgediff.models.label_table import LabelTable
-from edgediff.reference.canvas32 import MODEL_DIR, NAME
 from edgediff.reference.canvas32.data import CANVAS, SLOT_CLASSES, SLOTS
 from edgediff.reference.model import SCHEDULER_CONFIG
 
@@ -94,37 +91,3 @@ def save_pipeline(denoiser: Canvas32Denoiser, out: Path) -> None:
             "scheduler": ["diffusers", "DDIMScheduler"],
         }
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-
-@dataclass
-class Canvas32Model:
-    unet: UNet2DConditionModel
-    table: LabelTable
-    scheduler_config: dict
-    path: Path
-
-
-def resolve(model: str | Path) -> Path:
-    """`reference:canvas32` -> the bundled folder; any other value is a folder path."""
-    return MODEL_DIR if str(model) == f"reference:{NAME}" else Path(model)
-
-
-def load(model: str | Path) -> Canvas32Model:
-    """Load a canvas32 pipeline folder (fp16-stored weights are converted to fp32)."""
-    path = resolve(model)
-    if not (path / "unet").is_dir():
-        raise EdgediffError(
-            f"{path} is not a canvas32 model folder (no unet/); train one with "
-            "'edgediff reference train --arch canvas32 --out DIR'"
-        )
-    table = LabelTable.load(path)
-    if table is None:
-        raise EdgediffError(f"{path} has no conditioning/ label table; it is not a canvas32 model")
-    try:
-        unet = UNet2DConditionModel.from_pretrained(path / "unet", local_files_only=True)
-        scheduler = DDIMScheduler.from_pretrained(path / "scheduler", local_files_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgediffError(f"cannot load model from {path}: {first}") from exc
-    table = LabelTable(table.embeddings.float())
-    return Canvas32Model(unet.float().eval(), table, dict(scheduler.config), path)

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from edgediff.reference.canvas32 import MODEL_DIR
 from edgediff.reference.canvas32.evaluate import evaluate, is_canvas32
-from edgediff.reference.canvas32.model import build_denoiser, load, resolve, save_pipeline
+from edgediff.models.loading import load_model
+from edgediff.reference.canvas32.model import build_denoiser, save_pipeline
 from edgediff_export.cli import main
 
 from .tiny import TINY_UNET
@@ -45,14 +45,14 @@ def test_eval_json_keys(tiny_model, tmp_path):
 
 
 def test_bundled_model_loads_with_its_table_and_schedule():
-    model = load("reference:canvas32")
-    assert model.table.embeddings.shape == (2, 12, 32) and model.table.embeddings.dtype == torch.float32
+    model = load_model("reference:canvas32")
+    table = model.label_table
+    assert table.embeddings.shape == (2, 12, 32) and table.embeddings.dtype == torch.float32
     assert model.unet.config.cross_attention_dim == 32 and model.unet.config.sample_size == 32
     assert model.scheduler_config["timestep_spacing"] == "trailing"
 
 
 def test_reference_name_and_detection(tiny_model, tmp_path):
-    assert resolve("reference:canvas32") == MODEL_DIR
     assert is_canvas32("reference:canvas32") and is_canvas32(tiny_model)
     assert not is_canvas32("reference") and not is_canvas32(tmp_path)
 
@@ -84,4 +84,16 @@ def test_eval_of_a_folder_without_unet_is_one_line(tmp_path, capsys):
     (tmp_path / "x" / "conditioning").mkdir(parents=True)
     (tmp_path / "x" / "conditioning" / "labels.json").write_text("{}")
     assert main(["eval", "--model", str(tmp_path / "x"), "--samples", "3"]) == 2
-    assert "not a canvas32 model folder" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "x") in err
+
+
+def test_eval_scores_a_quantized_canvas32_folder(tiny_model, tmp_path):
+    quantized = tmp_path / "q"
+    args = ["--method", "ptq", "--bits", "W8A8", "--calib-samples", "2", "--steps", "2"]
+    assert main(["quantize", "--model", str(tiny_model), *args, "--out", str(quantized)]) == 0
+    fp = evaluate(tiny_model, samples=4, steps=2, seed=0, progress=False)
+    q = evaluate(quantized, samples=4, steps=2, seed=0, progress=False)
+    assert q["quantized"] and not fp["quantized"]
+    assert q["sampler"] == fp["sampler"]  # the quantized folder keeps the model's trailing grid
+    assert q["fd"] != fp["fd"]  # its own weights were sampled, not the FP model's

@@ -1,7 +1,8 @@
 import torch
 
 from edgediff.models.label_table import LabelTable
-from edgediff.reference.canvas32.model import build_denoiser, load
+from edgediff.models.loading import load_model
+from edgediff.reference.canvas32.model import build_denoiser
 from edgediff.reference.canvas32.trainer import Canvas32TrainConfig, drop_condition, train_canvas32
 
 from .tiny import TINY_UNET
@@ -35,10 +36,10 @@ def test_tiny_training_learns_the_table_and_saves_a_pipeline_folder(tmp_path):
     cfg = Canvas32TrainConfig(steps=2, batch_size=4, snapshot_every=0)
     summary = train_canvas32(tmp_path / "m", cfg, progress=False, unet_config=TINY_UNET)
     assert summary["steps"] == 2
-    model = load(tmp_path / "m")
+    model = load_model(tmp_path / "m")
     init = build_denoiser(0, TINY_UNET).label_embeddings.detach()
-    assert model.table.embeddings.shape == (2, 12, 32)
-    assert not torch.equal(model.table.embeddings, init)
+    assert model.label_table.embeddings.shape == (2, 12, 32)
+    assert not torch.equal(model.label_table.embeddings, init)
     assert isinstance(LabelTable.load(tmp_path / "m"), LabelTable)
     sched = model.scheduler_config
     assert sched["prediction_type"] == "v_prediction" and sched["beta_schedule"] == "squaredcos_cap_v2"
@@ -55,7 +56,7 @@ def test_snapshot_during_training_is_a_loadable_folder(tmp_path, monkeypatch):
 
     def spy(denoiser, out):
         real_save(denoiser, out)
-        saved.append(load(out).table.embeddings.clone())
+        saved.append(load_model(out).label_table.embeddings.clone())
 
     monkeypatch.setattr(trainer, "save_pipeline", spy)
     cfg = Canvas32TrainConfig(steps=3, batch_size=2, snapshot_every=2)
@@ -63,4 +64,4 @@ def test_snapshot_during_training_is_a_loadable_folder(tmp_path, monkeypatch):
     assert len(saved) == 2  # the snapshot at step 2 and the final folder
     assert not torch.equal(saved[0], saved[1])
     assert (tmp_path / "m.ckpt" / "checkpoint.pt").is_file()
-    assert tuple(load(tmp_path / "m").unet.config.block_out_channels) == (8, 8, 8)
+    assert tuple(load_model(tmp_path / "m").unet.config.block_out_channels) == (8, 8, 8)
