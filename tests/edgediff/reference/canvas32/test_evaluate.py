@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from edgediff.reference.canvas32.evaluate import evaluate, is_canvas32
 from edgediff.models.loading import load_model
+from edgediff.reference.canvas32.evaluate import evaluate, is_canvas32
 from edgediff.reference.canvas32.model import build_denoiser, save_pipeline
 from edgediff_export.cli import main
 
