@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 PLUGIN_LIBRARY_NAME = "libedgediff_trt_plugins.so"
+#: Where a bundle keeps the built library and engines (the runtime's defaults for `--plugin`, `--engine`).
+PLUGIN_LIB_DIR = "trt/lib"
+ENGINES_DIR = "engines"
 PLUGIN_NAMESPACE = "edgediff"
 PLUGIN_VERSION = "1"
 PLUGIN_NAMES = ("ResidualBinaryLinear", "ResidualBinaryConv")
@@ -262,7 +265,9 @@ def plugin_sources_dir() -> Path:
 
 
 def bundle_readme(profiles: Sequence[Mapping[str, Any] | Any] = (), onnx_name: str = "model.onnx") -> str:
-    """trt/README.md followed by the exact build commands for each profile."""
+    """trt/README.md followed by the exact build commands for each profile, run from the bundle root:
+    the library goes to `trt/lib/`, the engine to `engines/<profile>.engine`, the paths where
+    `edgediff-run --backend trt` looks by default."""
     text = (Path(__file__).resolve().parent / "README.md").read_text()
     sections = []
     for profile in profiles:
@@ -270,7 +275,7 @@ def bundle_readme(profiles: Sequence[Mapping[str, Any] | Any] = (), onnx_name: s
         name = prof.get("name", "device")
         lines = [f"### {name} (TensorRT {prof.get('tensorrt')}, sm_{prof.get('sm')})", ""]
         problems = plugin_problems(prof)
-        engine = Path(onnx_name).with_suffix(f".{name}.plan").name
+        engine = f"{ENGINES_DIR}/{name}.engine"
         dynamic_note = ["# add --minShapes/--optShapes/--maxShapes for dynamic inputs"]
         if problems:
             lines += [f"The plugin library cannot be used here: {'; '.join(problems)}.", ""]
@@ -279,16 +284,19 @@ def bundle_readme(profiles: Sequence[Mapping[str, Any] | Any] = (), onnx_name: s
                     "A graph without edgediff plugin nodes (the standard-op lowering) still builds:",
                     "",
                     "```sh",
+                    f"mkdir -p {ENGINES_DIR}",
                     " ".join(trtexec_command(onnx_name, engine, prof) + dynamic_note),
                     "```",
                     "",
                 ]
         else:
             lines += ["```sh"]
-            lines += [" ".join(c) for c in cmake_commands("plugin", "plugin/build", prof)]
+            lines += [" ".join(c) for c in cmake_commands("trt/plugin", "trt/plugin/build", prof)]
+            lines += [f"mkdir -p {PLUGIN_LIB_DIR} && cp trt/plugin/build/{PLUGIN_LIBRARY_NAME} {PLUGIN_LIB_DIR}/"]
+            lines += [f"mkdir -p {ENGINES_DIR}"]
             lines += [
                 " ".join(
-                    trtexec_command(onnx_name, engine, prof, f"plugin/build/{PLUGIN_LIBRARY_NAME}")
+                    trtexec_command(onnx_name, engine, prof, f"{PLUGIN_LIB_DIR}/{PLUGIN_LIBRARY_NAME}")
                     + dynamic_note
                 ),
                 "```",

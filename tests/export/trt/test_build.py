@@ -164,9 +164,10 @@ def test_copy_plugin_sources_writes_sources_and_readme(tmp_path):
     readme = (out / "README.md").read_text()
     assert readme.startswith("# edgediff TensorRT plugins")
     assert "-DCMAKE_CUDA_ARCHITECTURES=87" in readme
+    assert "cmake -S trt/plugin -B trt/plugin/build" in readme
     assert (
-        "trtexec --onnx=unet.onnx --saveEngine=unet.jetson-orin-nano-8gb.plan --stronglyTyped "
-        "--memPoolSize=workspace:1024M --dynamicPlugins=plugin/build/libedgediff_trt_plugins.so"
+        "trtexec --onnx=unet.onnx --saveEngine=engines/jetson-orin-nano-8gb.engine --stronglyTyped "
+        "--memPoolSize=workspace:1024M --dynamicPlugins=trt/lib/libedgediff_trt_plugins.so"
     ) in readme
     assert "cannot be used here: TensorRT 8.5 has no IPluginV3" in readme
     assert "--plugins=" not in readme  # no plugin command for a profile the library cannot serve
@@ -199,3 +200,27 @@ def test_module_imports_neither_torch_nor_tensorrt():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_readme_commands_put_library_and_engine_where_the_runtime_looks(tmp_path):
+    """Follow the bundle README's build commands (from the bundle root) and open it as the runtime does."""
+    import argparse
+    import re
+    from types import SimpleNamespace
+
+    from edgediff_runtime.cli import _engine_and_plugins
+
+    readme = build.bundle_readme([ORIN_TRT103], onnx_name="model.onnx")
+    section = readme.split("## Build commands for this bundle's device profiles")[1]
+    engine = re.search(r"--saveEngine=(\S+)", section).group(1)
+    library = re.search(r"--dynamicPlugins=(\S+)", section).group(1)
+    copied = re.search(r"cp trt/plugin/build/(\S+) (\S+)/", section)
+    assert f"{copied.group(2)}/{copied.group(1)}" == library
+    for rel in (engine, library):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    profile = SimpleNamespace(name=ORIN_TRT103["name"])
+    bundle = SimpleNamespace(root=tmp_path, manifest=SimpleNamespace(profile=lambda: profile))
+    found_engine, found_plugins = _engine_and_plugins(bundle, argparse.Namespace(engine=None, plugin=None))
+    assert found_engine == tmp_path / engine
+    assert found_plugins == [tmp_path / library]
