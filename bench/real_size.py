@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     results = collect(names, args.work, args.log)
     path = Path(__file__).resolve().parent / "results" / "real_size.json"
     old = json.loads(path.read_text()).get("models", {}) if path.exists() else {}
-    merged = {**old, **results}
+    merged = {**old, **{name: {**old.get(name, {}), **stages} for name, stages in results.items()}}
     write_json("real_size", {"host": host_info(), "threads": args.threads, "models": merged})
     update_results_section("real_size", report(merged, args.threads))
     return 0

@@ -292,7 +292,8 @@ def bundle_readme(profiles: Sequence[Mapping[str, Any] | Any] = (), onnx_name: s
         else:
             lines += ["```sh"]
             lines += [" ".join(c) for c in cmake_commands("trt/plugin", "trt/plugin/build", prof)]
-            lines += [f"mkdir -p {PLUGIN_LIB_DIR} && cp trt/plugin/build/{PLUGIN_LIBRARY_NAME} {PLUGIN_LIB_DIR}/"]
+            built = f"trt/plugin/build/{PLUGIN_LIBRARY_NAME}"
+            lines += [f"mkdir -p {PLUGIN_LIB_DIR} && cp {built} {PLUGIN_LIB_DIR}/"]
             lines += [f"mkdir -p {ENGINES_DIR}"]
             lines += [
                 " ".join(
