@@ -258,9 +258,15 @@ class TrainLoop:
         """Optimise until `cfg.steps`; returns the per-step losses."""
         cfg = self.cfg
         self.model.train()
+        # A bar on a terminal only (disable=None); a log file or pipe gets one line per 5 %.
         bar = tqdm(
-            total=cfg.steps, initial=self.step, desc=cfg.description, disable=not cfg.progress, leave=False
+            total=cfg.steps,
+            initial=self.step,
+            desc=cfg.description,
+            disable=None if cfg.progress else True,
+            leave=False,
         )
+        log_every = max(1, cfg.steps // 20) if cfg.progress and bar.disable else 0
         while self.step < cfg.steps:
             loss = loss_fn(self.step)
             if not torch.isfinite(loss):
@@ -281,6 +287,9 @@ class TrainLoop:
             bar.update(1)
             if self.step % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(self.losses[-20:]):.4f}")
+            if log_every and (self.step % log_every == 0 or self.step == cfg.steps):
+                recent = np.mean(self.losses[-log_every:])
+                log.info("%s: step %d/%d, loss %.4f", cfg.description, self.step, cfg.steps, recent)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()

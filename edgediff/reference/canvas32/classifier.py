@@ -73,7 +73,7 @@ def train_slot_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in tqdm(range(steps), desc="slot classifier", disable=not progress, leave=False):
+    for _ in tqdm(range(steps), desc="slot classifier", disable=None if progress else True, leave=False):
         x, y = make_batch(train_pool, batch_size, gen)
         loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
         opt.zero_grad()

@@ -81,3 +81,15 @@ def test_a_refused_accelerator_is_rebuilt_after_a_reset(monkeypatch):
     monkeypatch.setattr(AcceleratorState, "_reset_state", staticmethod(lambda **kw: resets.append(kw)))
     _, loop = _loop("cpu")
     assert calls == [True, True] and len(resets) == 1 and loop.device.type == "cpu"
+
+
+def test_progress_off_a_terminal_is_twenty_log_lines_not_a_bar(caplog, capsys):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    loop = TrainLoop(model, LoopConfig(steps=40, progress=True, description="t"), device="cpu")
+    x = torch.randn(8, 3)
+    with caplog.at_level("INFO", logger="edgediff.train.loop"):
+        loop.run(lambda step: loop.model(x).pow(2).mean())
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("t: step")]
+    assert len(lines) == 20 and lines[0].startswith("t: step 2/40") and lines[-1].startswith("t: step 40/40")
+    assert "it/s" not in capsys.readouterr().err  # pytest's captured stderr is not a terminal: no bar
