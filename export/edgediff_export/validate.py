@@ -46,7 +46,29 @@ def check_source(model_dir: str | Path, bundle) -> None:
         )
 
 
-def _export_twin(loaded, bundle) -> torch.nn.Module:
+def golden_conditions(loaded, golden):
+    """The conditioning of the bundle's golden recording as a PyTorch run's (`TorchConditions`), and
+    whether the model predicts a learned sigma: what export used for the golden references and the
+    output ranges, so that the validation runs see the same inputs."""
+    from edgediff_export.bundle import _learned_sigma
+    from edgediff_export.conditions import model_conditions
+    from edgediff_export.golden import TorchConditions
+
+    mc = model_conditions(loaded.unet, loaded.label_table)
+    missing = sorted(set(mc.kwargs) - set(golden.cond))
+    if missing:
+        raise ExportError(
+            f"the bundle's golden references hold no {missing[0]!r} condition; re-export the bundle "
+            "with this edgediff version"
+        )
+    cond = {k: torch.from_numpy(v) for k, v in golden.cond.items()}
+    guided = golden.guidance_scale is not None and bool(golden.null_cond)
+    null = {k: torch.from_numpy(v) for k, v in golden.null_cond.items()} if guided else None
+    conds = TorchConditions(cond, mc.kwargs, null, golden.guidance_scale if guided else None)
+    return conds, _learned_sigma(loaded.unet, mc)
+
+
+def _export_twin(loaded, bundle, golden) -> torch.nn.Module:
     """The export-module model: the same lowering (placement, output Q/DQ ranges) as the bundle."""
     from edgediff_export.golden import layer_output_ranges
     from edgediff_export.modules import prepare_for_export
@@ -54,13 +76,16 @@ def _export_twin(loaded, bundle) -> torch.nn.Module:
     placement = bundle.manifest.quant.placement
     shape = tuple(bundle.manifest.model.sample_shape)
     ranges = None
-    if placement == "ort":  # recomputed exactly as at export (same seeds and trajectories)
+    if placement == "ort":  # recomputed exactly as at export (same seeds, conditions, trajectories)
+        conds, learned_sigma = golden_conditions(loaded, golden)
         ranges = layer_output_ranges(
             loaded.unet,
             bundle.manifest.sampler,
             shape,
             bundle.manifest.sampler.steps,
             set_step=loaded.set_step,
+            conds=conds,
+            learned_sigma=learned_sigma,
         )
     twin, steps, _ = prepare_for_export(loaded.unet, placement, ranges)
     twin.step_holder = steps
@@ -89,7 +114,8 @@ def validate_layers(
     golden = load_golden(bundle)
     proto = onnx.load(str(bundle.model_path))
     layers = quant_layers(loaded.unet)
-    twin = _export_twin(loaded, bundle)
+    twin = _export_twin(loaded, bundle, golden)
+    conds, _ = golden_conditions(loaded, golden)
     twin_layers = {n: twin.get_submodule(n) for n in layers}
     mapping = Path(bundle_dir) / LAYER_OUTPUTS_FILE
     if not mapping.is_file():
@@ -135,15 +161,17 @@ def validate_layers(
             }
             if spec.step_input:
                 feeds[spec.step_input] = np.array(i, dtype=np.int64)
+            feeds.update({name: golden.cond[name] for name in conds.kwargs})  # the conditional half
             names = list(dict.fromkeys(outputs.values()))
             results = dict(zip(names, session.run(names, feeds)))
             if loaded.set_step:
                 loaded.set_step(i)
             xt, tt = torch.from_numpy(x), torch.full((batch,), t, dtype=torch.long)
+            kwargs = {conds.kwargs[name]: conds.cond[name] for name in conds.kwargs}
             with torch.no_grad():
-                loaded.unet(xt, tt)
+                loaded.unet(xt, tt, **kwargs)
                 twin.step_holder.step = torch.tensor(i)
-                twin(xt, tt)
+                twin(xt, tt, **kwargs)
                 twin.step_holder.step = None
             for name in layers:
                 per_layer[name].append(sqnr_db(captured_twin[name], results[outputs[name]]))

@@ -12,6 +12,7 @@ import torch
 from diffusers import DiTTransformer2DModel, LatteTransformer3DModel, UNet2DConditionModel
 
 from edgediff.models.label_table import LabelTable
+from edgediff.quant import quant_layers
 from edgediff_export import bundle as bundle_mod
 from edgediff_export.bundle import ExportOptions, bounded_tolerances, export_model_bundle, sampler_spec
 from edgediff_export.errors import ExportError
@@ -387,3 +388,10 @@ def test_cli_exports_a_quantized_folder_with_its_label_table(root, table, tmp_pa
     # (about 14x here); whether that passes the int8 bound or not, parity must agree with the flag.
     expected = 0 if m.parity.bounds["within"] else 1
     assert run_main(["parity", str(out)]) == expected
+    # Level 1 with the golden conditions: every quantized layer of the conditioned UNet is compared,
+    # and the graph computes what its export modules compute (same lowering, same inputs).
+    from edgediff_export.validate import validate_layers
+
+    rows = validate_layers(folder, out, max_steps=1, ort_optimize=False)
+    assert {r["layer"] for r in rows} == set(quant_layers(q))
+    assert min(r["min_sqnr_db"] for r in rows) > 30.0
