@@ -65,13 +65,18 @@ def evaluate(
     grid_out: Path | None = None,
     progress: bool = True,
     classifier_dir: Path = CLASSIFIER_DIR,
+    device: str | None = None,
 ) -> dict:
-    """Sample `samples` conditional canvases and score them; optionally write JSON and a grid."""
+    """Sample `samples` conditional canvases and score them; optionally write JSON and a grid.
+
+    `device`: where the model samples (None: CUDA when available, else the CPU); scoring runs on
+    the CPU."""
     if samples < 2:
         raise EdgediffError(f"--samples must be at least 2 for FD, got {samples}")
     loaded = load_model(model)
     if loaded.label_table is None:
         raise EdgediffError(f"{model} has no conditioning/ label table; it is not a canvas32 model")
+    loaded.unet.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     classifier = load_slot_classifier(classifier_dir)
     if labels is None:
         cond = sample_labels(samples, torch.Generator().manual_seed(seed + 1_000_003))

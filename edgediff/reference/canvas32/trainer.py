@@ -47,8 +47,12 @@ def train_canvas32(
     cfg: Canvas32TrainConfig = Canvas32TrainConfig(),
     progress: bool = True,
     unet_config: dict | None = None,
+    device: str | None = None,
 ) -> dict:
-    """Train, save the EMA pipeline folder to `out`; returns a summary (steps, seconds, loss)."""
+    """Train, save the EMA pipeline folder to `out`; returns a summary (steps, seconds, loss).
+
+    `device`: None trains on CUDA when available, else on the CPU. Batches are drawn on the CPU
+    from a per-step seed and then moved, so a run is the same whichever device resumes it."""
     out = Path(out)
     seed_everything(cfg.seed)
     pool = DigitPool.split("train", seed=0)
@@ -69,7 +73,7 @@ def train_canvas32(
             description="canvas32 train",
         ),
         checkpoint_dir=out.with_name(out.name + ".ckpt"),
-        device="cpu",
+        device=device,
     )
     loop.maybe_resume()
     generator = torch.Generator()
@@ -92,7 +96,8 @@ def train_canvas32(
         a = alphas[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         v_target = a.sqrt() * noise - (1 - a).sqrt() * x0
-        return F.mse_loss(loop.model(x_t, t, labels), v_target)
+        dev = loop.device
+        return F.mse_loss(loop.model(x_t.to(dev), t.to(dev), labels.to(dev)), v_target.to(dev))
 
     start = loop.step
     losses = loop.run(loss_fn)
@@ -107,6 +112,7 @@ def train_canvas32(
         "final_loss": round(sum(tail) / max(1, len(tail)), 5),
         "batch_size": cfg.batch_size,
         "threads": torch.get_num_threads(),
+        "device": str(loop.device),
     }
     log.info("canvas32 trained: %s", summary)
     return summary
