@@ -396,6 +396,76 @@ def write_figure(result: dict, bits: str, section: str = "mpq") -> None:
         save_grid(torch.cat(imgs), figure_path(section, bits), ncol=GRID_N)
 
 
+EQUAL_STORAGE_METHODS = ("efficientdm", "mpqdm-omq-trd", "mpqdmv2-full")
+
+
+def equal_storage_rows(rows: list[dict], methods=EQUAL_STORAGE_METHODS, floats: str = "fp16") -> list[dict]:
+    """Every measured (method, bits) row of `methods` with its whole-model storage
+    (`storage_bits(...).bits_per_weight`, floats at `floats` width) and FD, sorted by storage: the
+    table that compares methods at equal storage instead of at equal integer bits."""
+    out = []
+    for r in rows:
+        if r["row"] not in methods or floats not in r.get("storage", {}):
+            continue
+        fds = [s["fd"] for s in r["per_seed"]]
+        out.append(
+            {
+                "method": r["row"],
+                "bits": r["bits"],
+                "storage_bits": r["storage"][floats]["bits_per_weight"],
+                "fd_mean": float(np.mean(fds)),
+                "fd": fds,
+                "paired_psnr": float(np.mean([s["paired_psnr"] for s in r["per_seed"]])),
+            }
+        )
+    return sorted(out, key=lambda e: (e["storage_bits"], e["method"]))
+
+
+def closest_in_storage(entries: list[dict], anchor: dict) -> dict[str, dict]:
+    """For each other method, its setting whose storage is closest to `anchor`'s, at the anchor's
+    activation bits (they change quality, not storage)."""
+    from edgediff.bitspec import BitSetting
+
+    act_bits = BitSetting.parse(anchor["bits"]).a
+    best: dict[str, dict] = {}
+    for e in entries:
+        if e["method"] == anchor["method"] or BitSetting.parse(e["bits"]).a != act_bits:
+            continue
+        gap = abs(e["storage_bits"] - anchor["storage_bits"])
+        if e["method"] not in best or gap < abs(best[e["method"]]["storage_bits"] - anchor["storage_bits"]):
+            best[e["method"]] = e
+    return best
+
+
+def write_equal_storage(path: Path, anchor_row: str = "mpqdmv2-full", anchor_bits: str = "W2A4") -> str:
+    """The `mpq-equal-storage` section of docs/RESULTS.md from the rows already in `path`."""
+    result = json.loads(path.read_text())
+    entries = equal_storage_rows(result["rows"])
+    anchor = next(e for e in entries if e["method"] == anchor_row and e["bits"] == anchor_bits)
+    closest = closest_in_storage(entries, anchor)
+    table = markdown_table(
+        ["method", "setting", "bits/weight, all layers (floats FP16)", "FD mean ± sd", "paired PSNR dB", ""],
+        [
+            [
+                LABELS[e["method"]],
+                e["bits"],
+                f"{e['storage_bits']:.2f}",
+                _mean_sd(e["fd"]),
+                f"{e['paired_psnr']:.1f}",
+                "anchor"
+                if e is anchor
+                else ("closest to the anchor" if closest.get(e["method"]) is e else ""),
+            ]
+            for e in entries
+        ],
+    )
+    title = (
+        f"### MPQ methods at equal storage (`python -m bench.mpq --equal-storage`; the rows of "
+        f"{path.name}: {result['samples']} samples, sampling seeds {result['seeds']})"
+    )
+    return title + "\n\n" + table
+
+
 PROTOCOL_KEYS = ("samples", "steps", "seeds")
 
 
@@ -442,7 +512,18 @@ def main() -> None:
         help="only (re)compute the storage accounting of the rows already in --out from each row's "
         "rebuilt structure (recipe, calibration, split search; no fine-tuning, no sampling)",
     )
+    ap.add_argument(
+        "--equal-storage",
+        action="store_true",
+        help="only write the equal-storage table from the rows already in --out",
+    )
     args = ap.parse_args()
+    if args.equal_storage:
+        md = write_equal_storage(Path(args.out))
+        print(md)
+        if not args.no_docs:
+            update_results_section("mpq-equal-storage", md)
+        return
     if args.storage_only:
         add_storage(Path(args.out), args)
         return
