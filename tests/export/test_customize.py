@@ -84,7 +84,14 @@ def test_runtime_command_reproduces_the_golden_case(bundle, tmp_path, capsys):
         np.save(paths[key], golden[key])
     out = tmp_path / "out.npy"
     args = ["customize", str(bundle), "--subject", str(paths["subject"])]
-    args += ["--condition", str(paths["condition"]), "--subject-mask", str(paths["subject_mask"]), "--condition-mask", str(paths["condition_mask"])]
+    args += [
+        "--condition",
+        str(paths["condition"]),
+        "--subject-mask",
+        str(paths["subject_mask"]),
+        "--condition-mask",
+        str(paths["condition_mask"]),
+    ]
     assert run_main([*args, "--labels", "0,1", "--out", str(out)]) == 0
     image = np.load(out)
     tol = read_manifest(bundle).parity.tolerances["final_max_abs"]

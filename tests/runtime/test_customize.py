@@ -113,4 +113,3 @@ def test_runtime_loop_matches_pytorch_mca_ctrl_and_the_control_acts(setup, guida
     m_c = golden.inputs.condition_mask
     assert max_abs(run.image * m_c, off.image * m_c) > 0.05
     np.testing.assert_array_equal(run.image[:, ~m_c], off.image[:, ~m_c])
-
