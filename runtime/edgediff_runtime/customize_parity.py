@@ -94,6 +94,10 @@ def load_customize_golden(bundle: Bundle, spec: CustomizeSpec) -> CustomizeGolde
     return CustomizeGolden(inputs, *(arrays[k] for k in _OUTPUTS))
 
 
+def _mean_ms(seconds: list[float]) -> float | None:
+    return round(1e3 * float(np.mean(seconds)), 3) if seconds else None
+
+
 def run_customize_parity(bundle: Bundle, backend: Backend, backend_name: str = "ort") -> dict:
     """Replay the golden case on `backend`; the report of `parity.run_parity`'s layout (module doc)."""
     spec = load_customize_spec(bundle.root)
@@ -144,6 +148,7 @@ def run_customize_parity(bundle: Bundle, backend: Backend, backend_name: str = "
                 "passed": ok,
             }
         )
+    n_invert = spec.steps * (1 + spec.invert_refine)
     # the control must act: the golden target differs from the condition inside M_C
     control = max_abs(
         golden.image * golden.inputs.condition_mask,
@@ -179,8 +184,10 @@ def run_customize_parity(bundle: Bundle, backend: Backend, backend_name: str = "
         },
         "level3": None,
         "golden_edit_max_abs_in_mask": control,
-        "call_ms_mean": 1e3 * float(np.mean(run.call_seconds)) if run.call_seconds else None,
         "model_calls": len(run.call_seconds),
+        # graph calls of the inversion (one group: 3 rows) and of the controlled loop (G groups)
+        "inversion_call_ms": _mean_ms(run.call_seconds[:n_invert]),
+        "loop_call_ms": _mean_ms(run.call_seconds[n_invert:]),
         "tolerances": tolerances,
         "tolerance_source": bundle.manifest.parity.tolerance_source,
         "checks": checks,
