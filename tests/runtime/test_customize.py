@@ -67,7 +67,7 @@ def _bundle(loaded) -> Bundle:
     return Bundle(root=loaded.path, manifest=manifest)
 
 
-def _spec(loaded, schedule: ControlSchedule) -> CustomizeSpec:
+def _spec(loaded, schedule: ControlSchedule, refine: int = 0) -> CustomizeSpec:
     parts = layer_parts(loaded.unet)
     return CustomizeSpec(
         task="edit",
@@ -79,6 +79,7 @@ def _spec(loaded, schedule: ControlSchedule) -> CustomizeSpec:
         salq_end=schedule.salq_end,
         sagi_parts=list(schedule.sagi_parts),
         salq_parts=list(schedule.salq_parts),
+        invert_refine=refine,
     )
 
 
@@ -89,14 +90,14 @@ def setup():
     return loaded, _bundle(loaded), TorchControlled(loaded.unet)
 
 
-@pytest.mark.parametrize("guidance", [None, 3.0])
-def test_runtime_loop_matches_pytorch_mca_ctrl_and_the_control_acts(setup, guidance):
+@pytest.mark.parametrize("guidance, refine", [(None, 0), (3.0, 0), (None, 2)])
+def test_runtime_loop_matches_pytorch_mca_ctrl_and_the_control_acts(setup, guidance, refine):
     loaded, bundle, backend = setup
-    opts = CustomizeExportOptions(steps=STEPS, guidance=guidance)
+    opts = CustomizeExportOptions(steps=STEPS, guidance=guidance, invert_refine=refine)
     schedule = edit_schedule(STEPS, None, None)
     assert 0 < schedule.sagi_end < schedule.salq_end  # both SAGI and SALQ steps are covered
     golden, _ = _golden_case(loaded, opts, schedule)
-    run = customize(bundle, backend, _spec(loaded, schedule), golden.inputs)
+    run = customize(bundle, backend, _spec(loaded, schedule, refine), golden.inputs)
     for mine, ref in (
         (run.subject_states, golden.subject_states),
         (run.condition_states, golden.condition_states),
@@ -107,7 +108,7 @@ def test_runtime_loop_matches_pytorch_mca_ctrl_and_the_control_acts(setup, guida
         np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-4)
     # control off (mode table all plain) is what PyTorch computes with the control off ...
     off_golden, _ = _golden_case(loaded, opts, ControlSchedule.off())
-    off = customize(bundle, backend, _spec(loaded, ControlSchedule.off()), golden.inputs)
+    off = customize(bundle, backend, _spec(loaded, ControlSchedule.off(), refine), golden.inputs)
     np.testing.assert_allclose(off.image, off_golden.image, rtol=0, atol=1e-4)
     # ... and far from the controlled result, inside the editable region only
     m_c = golden.inputs.condition_mask
