@@ -83,6 +83,8 @@ def _cmd_export_customize(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         opset=args.opset,
+        cond_tokens=args.cond_tokens,
+        null_embedding=args.null_embedding,
     )
     out = export_customize(model, Path(args.out), opts)
     from edgediff_runtime.bundle import read_manifest
@@ -256,7 +258,7 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
     p = exp_sub.add_parser(
         "customize", help="a bundle for MCA-Ctrl subject editing on the device (edgediff-run customize)"
     )
-    p.add_argument("--model", required=True, help="'reference:canvas32' or a label-conditioned model folder")
+    p.add_argument("--model", required=True, help="'reference:canvas32' or a UNet2DConditionModel folder")
     p.add_argument("--out", required=True, help="bundle folder, e.g. canvas32-customize.edgediff")
     p.add_argument("--steps", type=positive_int("--steps"), default=20, help="DDIM steps of the bundle (20)")
     p.add_argument("--sagi-steps", type=int, default=None, help="SAGI steps from the start (default: 40%%)")
@@ -266,6 +268,8 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the golden case's images")
     p.add_argument("--device", default="x86-cpu", help="device profile (see 'edgediff devices list')")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: min(21, device max))")
+    p.add_argument("--cond-tokens", type=int, default=None, help="tokens of a raw-embedding condition (77)")
+    p.add_argument("--null-embedding", default=None, metavar="FILE.npy", help="null condition [tokens, dim]")
     p.set_defaults(func=_cmd_export_customize)
     p = exp_sub.add_parser("lint", help="check an ONNX file against TensorRT and device-profile rules")
     p.add_argument("model", help="an .onnx file")

@@ -31,12 +31,13 @@ from edgediff.customize.graph import ControlledUNet
 from edgediff.customize.pipeline import CustomizeInputs as TorchInputs
 from edgediff.customize.pipeline import customize
 from edgediff.customize.schedule import ControlSchedule, Task
-from edgediff.models.conditioning import label_conditioning
+from edgediff.models.conditioning import Conditioning, label_conditioning
 from edgediff.models.loading import LoadedModel, load_model
 from edgediff.sampling import ddim_settings
 from edgediff.utils.atomic import atomic_dir, check_writable
 from edgediff_export.bundle import (
     MAX_DEFAULT_OPSET,
+    _load_null_embedding,
     _tensor_specs,
     bounded_tolerances,
     check_device_fit,
@@ -44,7 +45,12 @@ from edgediff_export.bundle import (
     ort_min_version,
     sampler_spec,
 )
-from edgediff_export.conditions import copy_conditioning_files, model_conditions
+from edgediff_export.conditions import (
+    ModelConditions,
+    copy_conditioning_files,
+    golden_conditions,
+    model_conditions,
+)
 from edgediff_export.errors import ExportError
 from edgediff_export.to_onnx import export_unet
 from edgediff_runtime.bundle import load_bundle, write_manifest
@@ -64,7 +70,8 @@ FAMILY_SUFFIX = "+MCA-Ctrl"
 class CustomizeExportOptions:
     """`steps`: DDIM steps of the bundle (the mode table is for exactly these); `sagi_steps` /
     `salq_steps`: the schedule (default: the paper's editing fractions, `ControlSchedule.for_task`);
-    `guidance`: classifier-free guidance of the golden case and the runtime default."""
+    `guidance`: classifier-free guidance of the golden case and the runtime default; `cond_tokens`,
+    `null_embedding`: tokens and null condition (.npy) of a raw-embedding model, as `export onnx`."""
 
     steps: int = 20
     sagi_steps: int | None = None
@@ -74,6 +81,8 @@ class CustomizeExportOptions:
     seed: int = 0
     device: str = "x86-cpu"
     opset: int | None = None
+    cond_tokens: int | None = None
+    null_embedding: str | None = None
 
 
 def edit_schedule(steps: int, sagi_steps: int | None, salq_steps: int | None) -> ControlSchedule:
@@ -112,12 +121,32 @@ def golden_masks(hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     return m_s, m_c
 
 
-def _golden_case(loaded: LoadedModel, opts: CustomizeExportOptions, schedule: ControlSchedule):
+def golden_conditioning(loaded: LoadedModel, mc: ModelConditions, null_embedding, seed: int):
+    """The golden target's conditioning (forward kwargs) and its description: labels `0, 1, ...`
+    (one per slot) of a label table, else seeded N(0, 1) embeddings with the null embedding's rows."""
+    table = loaded.label_table
+    if table is not None:
+        labels = torch.tensor([[k % table.classes for k in range(table.slots)]])
+        return label_conditioning(loaded, labels), {"labels": labels[0].tolist()}
+    cond, null = golden_conditions(mc, None, null_embedding, 1, seed)
+    kw = mc.kwargs
+    values = {kw[k]: v for k, v in cond.items()}
+    null = None if null is None else {kw[k]: v for k, v in null.items()}
+    return Conditioning(values, null), {"cond": f"golden_conditions(seed={seed}), N(0, 1) embeddings"}
+
+
+def golden_case(
+    loaded: LoadedModel,
+    opts: CustomizeExportOptions,
+    schedule: ControlSchedule,
+    mc: ModelConditions | None = None,
+    null_embedding: np.ndarray | None = None,
+):
     """Run PyTorch MCA-Ctrl on the fixed case; its inputs and latents in the runtime's types."""
     shape = tuple(loaded.sample_shape)
-    table = loaded.label_table
-    labels = torch.tensor([[k % table.classes for k in range(table.slots)]])
-    cond = label_conditioning(loaded, labels)
+    mc = mc or model_conditions(loaded.unet, loaded.label_table)
+    cond, described = golden_conditioning(loaded, mc, null_embedding, opts.seed)
+    names = {kwarg: name for name, kwarg in mc.kwargs.items()}  # forward kwarg -> graph input
     subject, condition = golden_images(shape, opts.seed)
     m_s, m_c = golden_masks(shape[1:])
     guided = opts.guidance is not None and opts.guidance != 1.0
@@ -132,8 +161,8 @@ def _golden_case(loaded: LoadedModel, opts: CustomizeExportOptions, schedule: Co
         condition=np32(condition),
         subject_mask=m_s.numpy(),
         condition_mask=m_c.numpy(),
-        cond={k: np32(v) for k, v in cond.values.items()},
-        null={k: np32(v) for k, v in cond.null.items()} if cond.null is not None else None,
+        cond={names[k]: np32(v) for k, v in cond.values.items()},
+        null={names[k]: np32(v) for k, v in cond.null.items()} if cond.null is not None else None,
         guidance=opts.guidance if guided else None,
     )
     golden = CustomizeGolden(
@@ -144,7 +173,7 @@ def _golden_case(loaded: LoadedModel, opts: CustomizeExportOptions, schedule: Co
         np32(result.image),
     )
     case = {
-        "labels": labels[0].tolist(),
+        **described,
         "images": f"golden_images(seed={opts.seed})",
         "masks": "M_S centre box, M_C right half",
     }
@@ -162,7 +191,7 @@ def export_customize(model: str, out: Path, opts: CustomizeExportOptions = Custo
 def export_customize_bundle(
     loaded: LoadedModel, out: Path, opts: CustomizeExportOptions = CustomizeExportOptions(), label_source=None
 ) -> Path:
-    """Write the customization bundle of an FP label-conditioned UNet2DConditionModel (module doc)."""
+    """Write the customization bundle of an FP cross-attention-conditioned UNet2DConditionModel."""
     out = Path(out)
     t0 = time.perf_counter()
     if loaded.quantized:
@@ -172,11 +201,6 @@ def export_customize_bundle(
     if type(loaded.unet).__name__ != "UNet2DConditionModel":
         raise ExportError(
             f"MCA-Ctrl controls a UNet2DConditionModel's self-attention, not {type(loaded.unet).__name__}"
-        )
-    if loaded.label_table is None:
-        raise ExportError(
-            "export customize supports label-conditioned models (a conditioning/ label table, e.g. "
-            "reference:canvas32); raw text-embedding models run with 'edgediff customize' only"
         )
     if len(loaded.sample_shape) != 3:
         raise ExportError(
@@ -200,7 +224,19 @@ def export_customize_bundle(
     layers, parts = self_attention_layers(unet), layer_parts(unet)
     if not layers:
         raise ExportError(f"{type(unet).__name__} has no transformer self-attention layers to control")
-    mc = model_conditions(unet, loaded.label_table)
+    null_embedding = _load_null_embedding(opts.null_embedding)
+    mc = model_conditions(unet, loaded.label_table, tokens=opts.cond_tokens, null_embedding=null_embedding)
+    if mc.spec is None or mc.spec.kind not in ("label_table", "embeddings"):
+        raise ExportError(
+            "export customize needs a cross-attention-conditioned UNet (a label table, e.g. "
+            "reference:canvas32, or raw embeddings); this one has "
+            + ("no conditioning" if mc.spec is None else f"{mc.spec.kind}")
+        )
+    guided = opts.guidance is not None and opts.guidance != 1.0
+    if guided and mc.spec.kind == "embeddings" and null_embedding is None:
+        raise ExportError(
+            f"--guidance {opts.guidance:g} needs a null condition: pass --null-embedding FILE.npy"
+        )
     settings = ddim_settings(loaded.scheduler_config)
     sampler = sampler_spec(
         loaded.scheduler_config,
@@ -210,7 +246,7 @@ def export_customize_bundle(
         guidance_scale=opts.guidance if opts.guidance not in (None, 1.0) else None,
     )
     log.info("recording the golden case with PyTorch MCA-Ctrl (%d steps)", opts.steps)
-    golden, case = _golden_case(loaded, opts, schedule)
+    golden, case = golden_case(loaded, opts, schedule, mc, null_embedding)
     spec = CustomizeSpec(
         task="edit",
         steps=opts.steps,
@@ -252,7 +288,7 @@ def export_customize_bundle(
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"exported graph fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
         opset = graph_opset(proto)
-        copy_conditioning_files(mc.spec, loaded.label_table, None, tmp, label_source)
+        copy_conditioning_files(mc.spec, loaded.label_table, null_embedding, tmp, label_source)
         (tmp / CUSTOMIZE_JSON).write_text(spec.to_json())
         save_customize_golden(tmp, CUSTOMIZE_GOLDEN, golden)
         manifest = Manifest(

@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--labels", default=None, metavar="L1,L2", help="the target's labels, one per slot ('-' = empty)"
     )
+    p.add_argument(
+        "--cond", type=Path, default=None, metavar="FILE", help="target embeddings (.npy/.safetensors)"
+    )
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the manifest's)")
     p.add_argument("--out", type=Path, required=True, help="output image (.png, or .npy)")
     _add_backend_args(p)
@@ -285,8 +288,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if is_customize_bundle(m.files):
         from edgediff_runtime.customize_spec import load_customize_spec
 
-        schedule = load_customize_spec(bundle.root).describe()
-        lines.append(f"customize   MCA-Ctrl {schedule} (edgediff-run customize)")
+        spec = load_customize_spec(bundle.root)
+        case = "yes" if spec.golden and (bundle.root / spec.golden).is_file() else "left out"
+        lines.append(f"customize   MCA-Ctrl {spec.describe()} (edgediff-run customize); golden case: {case}")
     print("\n".join(lines))
     return 0
 
@@ -467,7 +471,7 @@ def _refuse_customize_bundle(manifest, command: str) -> None:
 def cmd_customize(args: argparse.Namespace) -> int:
     """MCA-Ctrl subject editing: write the edited image (atomically)."""
     from edgediff_runtime.conditioning import build_conditioning
-    from edgediff_runtime.customize import CustomizeInputs, customize
+    from edgediff_runtime.customize import CustomizeInputs, customize, null_rows
     from edgediff_runtime.customize_images import read_image, read_mask, write_image
     from edgediff_runtime.customize_spec import load_customize_spec
 
@@ -495,15 +499,11 @@ def cmd_customize(args: argparse.Namespace) -> int:
         manifest.conditioning,
         1,
         labels=args.labels,
+        cond_file=args.cond,
         guidance=args.guidance,
         default_guidance=manifest.sampler.guidance_scale,
     )
-    null, spec_c = feeds.null, manifest.conditioning
-    if null is None and spec_c is not None and spec_c.kind == "label_table":  # the sources' rows
-        from edgediff_runtime.conditioning import gather_labels, load_label_embeddings
-
-        table = load_label_embeddings(args.bundle, spec_c)
-        null = {spec_c.input: gather_labels(table, np.full((1, table.shape[0]), table.shape[1] - 1))}
+    null = feeds.null if feeds.null is not None else null_rows(args.bundle, manifest.conditioning)
     inputs = CustomizeInputs(
         subject, condition, subject_mask, condition_mask, feeds.cond, null, feeds.guidance_scale
     )

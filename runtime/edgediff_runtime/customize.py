@@ -17,11 +17,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from edgediff_runtime.backends import Backend
 from edgediff_runtime.bundle import Bundle
+from edgediff_runtime.conditioning import ConditioningSpec, gather_labels, load_label_embeddings
 from edgediff_runtime.customize_spec import STREAMS, CustomizeSpec
 from edgediff_runtime.errors import RuntimeStageError
 from edgediff_runtime.pipeline import make_feeds
@@ -128,6 +130,20 @@ def _stream_conds(inputs: CustomizeInputs, spec: CustomizeSpec, cond_input: str 
         null = inputs.null[cond_input]
         return invert, [rows(source, source, null), rows(source, source, target)]  # [uncond; cond]
     return invert, [rows(source, source, target)]
+
+
+def null_rows(root: Path, spec: ConditioningSpec | None) -> dict[str, np.ndarray] | None:
+    """One row of the bundle's null condition (the sources' conditioning): the label table's null
+    row, or the null embedding file; None when the bundle has none."""
+    if spec is None:
+        return None
+    if spec.kind == "label_table":
+        table = load_label_embeddings(Path(root), spec)
+        return {spec.input: gather_labels(table, np.full((1, table.shape[0]), table.shape[1] - 1))}
+    if spec.kind == "embeddings" and spec.null_embedding is not None:
+        null = np.load(Path(root) / spec.null_embedding, allow_pickle=False).astype(F32)
+        return {spec.input: null.reshape(1, *spec.shape)}
+    return None
 
 
 def check_inputs(bundle: Bundle, inputs: CustomizeInputs) -> None:

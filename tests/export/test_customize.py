@@ -37,14 +37,14 @@ def test_export_customize_refuses_half_a_schedule(tmp_path, capsys):
     assert not (tmp_path / "b.edgediff").exists()
 
 
-def test_export_customize_refuses_a_model_without_label_table(tmp_path):
-    from edgediff_export.customize import export_customize_bundle
+def test_export_customize_refuses_guidance_without_a_null_condition(tmp_path):
+    from edgediff_export.customize import CustomizeExportOptions, export_customize_bundle
     from edgediff_export.errors import ExportError
 
     loaded = loaded_canvas()
-    loaded.label_table = None
-    with pytest.raises(ExportError, match="label-conditioned"):
-        export_customize_bundle(loaded, tmp_path / "b.edgediff")
+    loaded.label_table = None  # raw embeddings, no null embedding given
+    with pytest.raises(ExportError, match="--null-embedding"):
+        export_customize_bundle(loaded, tmp_path / "b.edgediff", CustomizeExportOptions(guidance=3.0))
     assert not (tmp_path / "b.edgediff").exists()
 
 
@@ -114,3 +114,40 @@ def test_parity_fails_when_the_control_is_switched_off(bundle, tmp_path, capsys)
     write_manifest(copy, read_manifest(copy))  # new checksums: a consistent bundle without control
     assert run_main(["parity", str(copy)]) == 1
     assert capsys.readouterr().out.strip().endswith("FAIL")
+
+
+@pytest.mark.slow
+def test_raw_embedding_model_bundle_passes_parity_and_runs(tmp_path, capsys):
+    """An SD-class conditioning (raw embeddings, no null condition: the sources use the target's)."""
+    torch = pytest.importorskip("torch")
+    from edgediff_export.customize import CustomizeExportOptions, export_customize_bundle
+
+    torch.set_num_threads(1)
+    loaded = loaded_canvas()
+    loaded.label_table = None
+    out = export_customize_bundle(
+        loaded, tmp_path / "emb.edgediff", CustomizeExportOptions(steps=4, cond_tokens=4)
+    )
+    spec = json.loads((out / CUSTOMIZE_JSON).read_text())
+    assert spec["source_conditioning"] == "target"
+    assert run_main(["parity", str(out)]) == 0
+    golden = np.load(out / CUSTOMIZE_GOLDEN)
+    for key in ("subject", "condition", "condition_mask"):
+        np.save(tmp_path / f"{key}.npy", golden[key])
+    np.save(tmp_path / "cond.npy", golden["cond__encoder_hidden_states"])
+    args = ["customize", str(out), "--subject", str(tmp_path / "subject.npy")]
+    args += [
+        "--condition",
+        str(tmp_path / "condition.npy"),
+        "--condition-mask",
+        str(tmp_path / "condition_mask.npy"),
+    ]
+    assert run_main([*args, "--cond", str(tmp_path / "cond.npy"), "--out", str(tmp_path / "o.npy")]) == 0
+    # no --subject-mask: the whole subject image, which the golden case's centre box is not
+    assert np.abs(np.load(tmp_path / "o.npy") - golden["image"]).max() > 1e-3
+    np.save(tmp_path / "subject_mask.npy", golden["subject_mask"])
+    args += ["--subject-mask", str(tmp_path / "subject_mask.npy")]
+    assert run_main([*args, "--cond", str(tmp_path / "cond.npy"), "--out", str(tmp_path / "o.npy")]) == 0
+    tol = read_manifest(out).parity.tolerances["final_max_abs"]
+    assert np.abs(np.load(tmp_path / "o.npy") - golden["image"]).max() <= tol
+    capsys.readouterr()

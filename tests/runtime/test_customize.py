@@ -9,6 +9,7 @@ Runtime path is tests/export/test_customize.py (slow).
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from edgediff.customize.graph import ControlledUNet  # noqa: E402
 from edgediff.customize.schedule import ControlSchedule  # noqa: E402
 from edgediff_export.bundle import sampler_spec  # noqa: E402
 from edgediff_export.conditions import model_conditions  # noqa: E402
-from edgediff_export.customize import CustomizeExportOptions, _golden_case, edit_schedule, mode_table  # noqa: E402
+from edgediff_export.customize import CustomizeExportOptions, edit_schedule, golden_case, mode_table  # noqa: E402
 from edgediff_runtime.bundle import Bundle  # noqa: E402
 from edgediff_runtime.customize import customize  # noqa: E402
 from edgediff_runtime.customize_spec import CustomizeSpec  # noqa: E402
@@ -96,7 +97,7 @@ def test_runtime_loop_matches_pytorch_mca_ctrl_and_the_control_acts(setup, guida
     opts = CustomizeExportOptions(steps=STEPS, guidance=guidance, invert_refine=refine)
     schedule = edit_schedule(STEPS, None, None)
     assert 0 < schedule.sagi_end < schedule.salq_end  # both SAGI and SALQ steps are covered
-    golden, _ = _golden_case(loaded, opts, schedule)
+    golden, _ = golden_case(loaded, opts, schedule)
     run = customize(bundle, backend, _spec(loaded, schedule, refine), golden.inputs)
     for mine, ref in (
         (run.subject_states, golden.subject_states),
@@ -107,10 +108,25 @@ def test_runtime_loop_matches_pytorch_mca_ctrl_and_the_control_acts(setup, guida
         assert mine.shape == ref.shape
         np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-4)
     # control off (mode table all plain) is what PyTorch computes with the control off ...
-    off_golden, _ = _golden_case(loaded, opts, ControlSchedule.off())
+    off_golden, _ = golden_case(loaded, opts, ControlSchedule.off())
     off = customize(bundle, backend, _spec(loaded, ControlSchedule.off(), refine), golden.inputs)
     np.testing.assert_allclose(off.image, off_golden.image, rtol=0, atol=1e-4)
     # ... and far from the controlled result, inside the editable region only
     m_c = golden.inputs.condition_mask
     assert max_abs(run.image * m_c, off.image * m_c) > 0.05
     np.testing.assert_array_equal(run.image[:, ~m_c], off.image[:, ~m_c])
+
+
+def test_runtime_loop_matches_pytorch_on_raw_embeddings(setup):
+    """SD-class conditioning: raw embeddings and no null condition (the sources use the target's)."""
+    _, _, backend = setup
+    loaded = loaded_canvas()
+    loaded.label_table = None
+    bundle = _bundle(loaded)
+    schedule = edit_schedule(STEPS, None, None)
+    golden, case = golden_case(loaded, CustomizeExportOptions(steps=STEPS), schedule)
+    assert golden.inputs.null is None and "cond" in case
+    spec = dataclasses.replace(_spec(loaded, schedule), source_conditioning="target")
+    run = customize(bundle, backend, spec, golden.inputs)
+    np.testing.assert_allclose(run.trajectory, golden.trajectory, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(run.image, golden.image, rtol=0, atol=1e-4)
