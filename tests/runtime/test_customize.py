@@ -130,3 +130,26 @@ def test_runtime_loop_matches_pytorch_on_raw_embeddings(setup):
     run = customize(bundle, backend, spec, golden.inputs)
     np.testing.assert_allclose(run.trajectory, golden.trajectory, rtol=0, atol=1e-4)
     np.testing.assert_allclose(run.image, golden.image, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (20, 28), (12, 10)])
+def test_image_and_mask_reading_match_pytorch(tmp_path, size):
+    """The runtime reads PNG images and masks (resized to the sample grid) as `edgediff customize` does."""
+    from PIL import Image
+
+    from edgediff.customize.images import read_image as torch_read_image
+    from edgediff.customize.images import read_image_mask
+    from edgediff_runtime.customize_images import read_image, read_mask
+
+    rng = np.random.default_rng(0)
+    h, w = size
+    Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(tmp_path / "img.png")
+    mask = np.zeros((h, w), np.uint8)
+    mask[h // 3 : h // 2, w // 2 :] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    img, hw = read_image(tmp_path / "img.png", (1, 16, 16), "--subject")
+    ref, ref_hw = torch_read_image(tmp_path / "img.png", (1, 16, 16), "--subject")
+    assert hw == ref_hw == (h, w)
+    np.testing.assert_allclose(img, ref.numpy(), rtol=0, atol=1e-6)
+    m = read_mask(tmp_path / "mask.png", hw, (16, 16), "--condition-mask")
+    np.testing.assert_array_equal(m, read_image_mask(tmp_path / "mask.png", hw, (16, 16), "--mask").numpy())
