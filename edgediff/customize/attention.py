@@ -207,6 +207,11 @@ def self_attention_layers(unet: nn.Module) -> list[str]:
     return sorted(names, key=lambda k: PARTS.index(_part(k)))
 
 
+def layer_parts(unet: nn.Module) -> list[str]:
+    """The UNet part (`down`, `mid`, `up`) of each layer of `self_attention_layers`, in that order."""
+    return [_part(name) for name in self_attention_layers(unet)]
+
+
 @contextlib.contextmanager
 def controlled(unet: nn.Module, controller: Controller) -> Iterator[Controller]:
     """Install the control on `unet`'s attention (self: controlled, cross: recorded); restore after."""

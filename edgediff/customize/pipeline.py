@@ -17,7 +17,7 @@ the target's.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -55,11 +55,17 @@ class CustomizeInputs:
 
 @dataclass
 class CustomizeResult:
+    """The target image and, for parity checks of exported bundles, the stored source latents
+    (`states[i]`: input of step `i`, `states[steps]`: the image) and the target after each step."""
+
     image: Tensor  # (C, H, W)
     task: Task
     schedule: ControlSchedule
     subject_mask: Tensor
     condition_mask: Tensor
+    subject_states: list[Tensor] = field(default_factory=list)
+    condition_states: list[Tensor] = field(default_factory=list)
+    trajectory: list[Tensor] = field(default_factory=list)
 
 
 def check_task(has_condition: bool, has_condition_mask: bool) -> None:
@@ -157,6 +163,7 @@ def customize(
     target_kwargs = {k: v.to(device) for k, v in _stack([target], guided).items()}
     keep = m_c.to(device)[None, None]
     z = con_states[0].clone()
+    trajectory = []
     with controlled(unet, controller):
         for i, t in enumerate(tqdm(timesteps, desc="customize", disable=not progress, leave=False)):
             controller.step = i
@@ -177,8 +184,18 @@ def customize(
             z = ddim_step(scheduler, eps, t, prevs[i], z)
             if task is Task.EDIT:  # z <- (1 - M_C) z_con + M_C z, M_C binary
                 z = torch.where(keep, z, con_states[i + 1])
+            trajectory.append(z[0].cpu())
     image = z[0].cpu()
     if scheduler.config.clip_sample:
         bound = float(scheduler.config.clip_sample_range)
         image = image.clamp(-bound, bound)
-    return CustomizeResult(image, task, schedule, m_s.bool(), m_c.bool())
+    return CustomizeResult(
+        image,
+        task,
+        schedule,
+        m_s.bool(),
+        m_c.bool(),
+        [s[0].cpu() for s in sub_states],
+        [s[0].cpu() for s in con_states],
+        trajectory,
+    )

@@ -65,6 +65,46 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_customize(args: argparse.Namespace) -> int:
+    from edgediff.utils.atomic import check_writable
+
+    model = str(args.model)
+    if not model.startswith("reference") and not Path(model).exists():
+        raise EdgediffError(f"model folder not found: {model}")
+    check_writable(Path(args.out))
+    from edgediff_export.customize import CustomizeExportOptions, export_customize
+
+    opts = CustomizeExportOptions(
+        steps=args.steps,
+        sagi_steps=args.sagi_steps,
+        salq_steps=args.salq_steps,
+        guidance=args.guidance,
+        invert_refine=args.invert_refine,
+        seed=args.seed,
+        device=args.device,
+        opset=args.opset,
+        cond_tokens=args.cond_tokens,
+        null_embedding=args.null_embedding,
+    )
+    out = export_customize(model, Path(args.out), opts)
+    from edgediff_runtime.bundle import read_manifest
+
+    report = read_manifest(out).parity.report or {}
+    l2 = report.get("level2", {})
+    psnr = l2.get("latent_psnr_min")
+    print(
+        f"wrote customization bundle {out} ({human_size(out)}): model.onnx (controlled UNet, standard ops), "
+        "customize.json, golden case"
+    )
+    print(
+        f"ONNX Runtime vs PyTorch MCA-Ctrl on the golden case: worst latent max abs "
+        f"{l2.get('latent_max_abs', float('nan')):.3g}, worst latent PSNR "
+        f"{'inf' if psnr is None else f'{psnr:.1f}'} dB"
+    )
+    print(f"next: edgediff-run parity {out}  |  edgediff-run customize {out} --subject S.png ...")
+    return 0
+
+
 def _cmd_export_lint(args: argparse.Namespace) -> int:
     import onnx
 
@@ -215,6 +255,22 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
         help="null condition [tokens, dim] of a raw-embedding model, for classifier-free guidance",
     )
     p.set_defaults(func=_cmd_export_onnx)
+    p = exp_sub.add_parser(
+        "customize", help="a bundle for MCA-Ctrl subject editing on the device (edgediff-run customize)"
+    )
+    p.add_argument("--model", required=True, help="'reference:canvas32' or a UNet2DConditionModel folder")
+    p.add_argument("--out", required=True, help="bundle folder, e.g. canvas32-customize.edgediff")
+    p.add_argument("--steps", type=positive_int("--steps"), default=20, help="DDIM steps of the bundle (20)")
+    p.add_argument("--sagi-steps", type=int, default=None, help="SAGI steps from the start (default: 40%%)")
+    p.add_argument("--salq-steps", type=int, default=None, help="SALQ steps after SAGI (default: to 96%%)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance (golden case; runtime default)")
+    p.add_argument("--invert-refine", type=int, default=0, help="refinements per inversion step (0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the golden case's images")
+    p.add_argument("--device", default="x86-cpu", help="device profile (see 'edgediff devices list')")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: min(21, device max))")
+    p.add_argument("--cond-tokens", type=int, default=None, help="tokens of a raw-embedding condition (77)")
+    p.add_argument("--null-embedding", default=None, metavar="FILE.npy", help="null condition [tokens, dim]")
+    p.set_defaults(func=_cmd_export_customize)
     p = exp_sub.add_parser("lint", help="check an ONNX file against TensorRT and device-profile rules")
     p.add_argument("model", help="an .onnx file")
     p.add_argument("--device", required=True, help="device profile")

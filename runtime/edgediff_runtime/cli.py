@@ -1,6 +1,7 @@
 """``edgediff-run``: inspect, sample, check parity and benchmark a bundle on the device, without torch.
 
-Subcommands (docs/design.md sections 3-5): ``info``, ``sample``, ``parity``, ``bench``. A user error prints
+Subcommands (docs/design.md sections 3-5): ``info``, ``sample``, ``parity``, ``bench``, ``customize``
+(MCA-Ctrl subject editing with a customization bundle, docs/customize.md). A user error prints
 ``error: <one line>`` to stderr and exits 2; ``parity`` exits 1 on FAIL. Outputs are written
 atomically, so a failed run leaves no partial file.
 """
@@ -18,6 +19,7 @@ from edgediff_runtime._atomic import probe_dir, write_json
 from edgediff_runtime.backends import BACKENDS, Backend, open_backend
 from edgediff_runtime.bundle import Bundle, load_bundle, read_manifest
 from edgediff_runtime.cli_errors import OneLineParser, parse_or_exit_code, run_guarded
+from edgediff_runtime.customize_spec import is_customize_bundle
 from edgediff_runtime.devices import check_host
 from edgediff_runtime.errors import RuntimeStageError
 from edgediff_runtime.manifest import GOLDEN_PATH
@@ -154,6 +156,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-runs", type=int, default=3, help="timed full sampling runs (default 3)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the JSON result")
     _add_backend_args(p)
+
+    p = sub.add_parser(
+        "customize",
+        help="MCA-Ctrl subject editing with a customization bundle",
+        description="Put the subject of --subject into the region --condition-mask of --condition, "
+        "keeping the rest (a bundle from 'edgediff export customize').",
+    )
+    p.add_argument("bundle", type=Path, help="NAME.edgediff folder written by 'edgediff export customize'")
+    p.add_argument("--subject", type=Path, required=True, help="subject image (PNG, or .npy (C, H, W))")
+    p.add_argument(
+        "--subject-mask", type=Path, default=None, help="subject mask (PNG > 127 or .npy; default: all)"
+    )
+    p.add_argument("--condition", type=Path, required=True, help="image to edit (PNG, or .npy (C, H, W))")
+    p.add_argument(
+        "--condition-mask", type=Path, required=True, help="region of --condition to fill with the subject"
+    )
+    p.add_argument(
+        "--labels", default=None, metavar="L1,L2", help="the target's labels, one per slot ('-' = empty)"
+    )
+    p.add_argument(
+        "--cond", type=Path, default=None, metavar="FILE", help="target embeddings (.npy/.safetensors)"
+    )
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the manifest's)")
+    p.add_argument("--out", type=Path, required=True, help="output image (.png, or .npy)")
+    _add_backend_args(p)
     return parser
 
 
@@ -258,6 +285,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"files       {len(present)} ({size / 1e6:.2f} MB), golden references: {golden}",
         f"parity      tolerances {m.parity.tolerances}; {m.parity.tolerance_source}",
     ]
+    if is_customize_bundle(m.files):
+        from edgediff_runtime.customize_spec import load_customize_spec
+
+        spec = load_customize_spec(bundle.root)
+        case = "yes" if spec.golden and (bundle.root / spec.golden).is_file() else "left out"
+        lines.append(f"customize   MCA-Ctrl {spec.describe()} (edgediff-run customize); golden case: {case}")
     print("\n".join(lines))
     return 0
 
@@ -286,6 +319,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise RuntimeStageError(f"steps must be >= 1, got {args.steps}; pass --steps 1 or more")
     manifest = read_manifest(args.bundle)  # the bundle is opened and verified below
+    _refuse_customize_bundle(manifest, "sample")
     video = manifest.model.layout == "BCFHW"
     _check_out(args.out, ".gif" if video else ".png", "--out")
     _check_out(args.save_npy, ".npy", "--save-npy")
@@ -357,8 +391,14 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
     _check_out(args.json, ".json", "--json")
     _check_out(args.plot, ".png", "--plot")
-    bundle, backend = _open(args, need_golden=True)
-    report = run_parity(bundle, backend, backend_name=args.backend)
+    if is_customize_bundle(read_manifest(args.bundle).files):
+        from edgediff_runtime.customize_parity import run_customize_parity
+
+        bundle, backend = _open(args, need_golden=True)
+        report = run_customize_parity(bundle, backend, backend_name=args.backend)
+    else:
+        bundle, backend = _open(args, need_golden=True)
+        report = run_parity(bundle, backend, backend_name=args.backend)
     if args.plot is not None:
         from edgediff_runtime.imaging import plot_parity
 
@@ -387,6 +427,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise RuntimeStageError(f"steps must be >= 1, got {args.steps}; pass --steps 1 or more")
     _check_out(args.json, ".json", "--json")
+    _refuse_customize_bundle(read_manifest(args.bundle), "bench")
     bundle, backend = _open(args, steps=args.steps)
     result = run_bench(
         bundle,
@@ -419,7 +460,80 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"info": cmd_info, "sample": cmd_sample, "parity": cmd_parity, "bench": cmd_bench}
+def _refuse_customize_bundle(manifest, command: str) -> None:
+    if is_customize_bundle(manifest.files):
+        raise RuntimeStageError(
+            f"bundle {manifest.name} is a customization bundle (three streams, masks and modes as inputs); "
+            f"'{command}' needs a bundle from 'edgediff export onnx'; use 'edgediff-run customize' with it"
+        )
+
+
+def cmd_customize(args: argparse.Namespace) -> int:
+    """MCA-Ctrl subject editing: write the edited image (atomically)."""
+    from edgediff_runtime.conditioning import build_conditioning
+    from edgediff_runtime.customize import CustomizeInputs, customize, null_rows
+    from edgediff_runtime.customize_images import read_image, read_mask, write_image
+    from edgediff_runtime.customize_spec import load_customize_spec
+
+    manifest = read_manifest(args.bundle)
+    if not is_customize_bundle(manifest.files):
+        raise RuntimeStageError(
+            f"bundle {manifest.name} has no customization section; "
+            "export one with 'edgediff export customize'"
+        )
+    if args.out.suffix.lower() not in (".png", ".npy"):
+        raise RuntimeStageError(f"--out must end in .png or .npy, got {args.out.name}")
+    _check_out(args.out, args.out.suffix.lower(), "--out")
+    shape = tuple(manifest.model.sample_shape)
+    subject, subject_hw = read_image(args.subject, shape, "--subject")
+    condition, condition_hw = read_image(args.condition, shape, "--condition")
+    sample_hw = shape[1:]
+    subject_mask = (
+        read_mask(args.subject_mask, subject_hw, sample_hw, "--subject-mask")
+        if args.subject_mask is not None
+        else np.ones(sample_hw, dtype=bool)
+    )
+    condition_mask = read_mask(args.condition_mask, condition_hw, sample_hw, "--condition-mask")
+    feeds = build_conditioning(
+        args.bundle,
+        manifest.conditioning,
+        1,
+        labels=args.labels,
+        cond_file=args.cond,
+        guidance=args.guidance,
+        default_guidance=manifest.sampler.guidance_scale,
+    )
+    null = feeds.null if feeds.null is not None else null_rows(args.bundle, manifest.conditioning)
+    inputs = CustomizeInputs(
+        subject, condition, subject_mask, condition_mask, feeds.cond, null, feeds.guidance_scale
+    )
+    bundle, backend = _open(args)
+    spec = load_customize_spec(bundle.root)
+    bar = _progress(2 * spec.steps * (1 + spec.invert_refine), "customize")
+    try:
+        step = (lambda what, i: bar.update(1)) if bar is not None else None
+        run = customize(bundle, backend, spec, inputs, progress=step)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not np.all(np.isfinite(run.image)):
+        raise RuntimeStageError("the model produced NaN/Inf; check the bundle with `edgediff-run parity`")
+    write_image(run.image, args.out)
+    per_call = 1e3 * float(np.mean(run.call_seconds))
+    print(
+        f"wrote {args.out} ({spec.describe()}; editable region {int(condition_mask.sum())} of "
+        f"{condition_mask.size} pixels; {len(run.call_seconds)} model calls, {per_call:.1f} ms each)"
+    )
+    return 0
+
+
+COMMANDS = {
+    "info": cmd_info,
+    "sample": cmd_sample,
+    "parity": cmd_parity,
+    "bench": cmd_bench,
+    "customize": cmd_customize,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

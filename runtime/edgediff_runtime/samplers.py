@@ -140,6 +140,21 @@ class DDIMSampler(Sampler):
             prev = prev + std * self._noise(model_output.shape, noise)
         return prev.astype(F32)
 
+    def invert_step(
+        self, model_output: np.ndarray, i: int, model_input: np.ndarray, sample: np.ndarray
+    ) -> np.ndarray:
+        """Deterministic DDIM inversion of step ``i`` (Eq. 12 run backwards): from ``sample`` at the
+        level step ``i`` lands on (alpha-bar ``a_prev``) up to ``timesteps[i]`` (``a_t``).
+
+        ``eps`` is the noise prediction of ``model_output`` (the model at ``timesteps[i]`` on
+        ``model_input``, at level ``a_t``); ``x0 = (sample - sqrt(1 - a_prev) eps) / sqrt(a_prev)``
+        (not clipped), ``z_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps``."""
+        a_t = self.alphas_cumprod[int(self.timesteps[i])]
+        a_prev = self._prev_alpha(i)
+        _, eps = predict_x0_eps(model_output, model_input, a_t, self.spec.prediction_type)
+        x0 = (sample - (F32(1) - a_prev) ** F32(0.5) * eps) / a_prev ** F32(0.5)
+        return (a_t ** F32(0.5) * x0 + (F32(1) - a_t) ** F32(0.5) * eps).astype(F32)
+
 
 class X0FewStepSampler(DDIMSampler):
     """Few-step x0 sampler for distilled models (docs/methods.md 4.7).
