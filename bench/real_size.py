@@ -251,7 +251,8 @@ def run_stage(stage: str, name: str, work: Path, threads: int) -> None:
         _threads(threads)
     t0 = time.perf_counter()
     out = RUNNERS[stage](name, work)
-    out.update(stage=stage, wall_s=round(time.perf_counter() - t0, 1), peak_rss_mb=round(_peak_rss_mb()))
+    wall_s, rss = round(time.perf_counter() - t0, 1), round(_peak_rss_mb())
+    out.update(stage=stage, wall_s=wall_s, peak_rss_mb=rss, threads=threads)
     (work / "results").mkdir(exist_ok=True)
     (work / "results" / f"{stage}.json").write_text(json.dumps(out, indent=1) + "\n")
     print("RESULT " + json.dumps(out), flush=True)
@@ -306,7 +307,7 @@ def run_all(names: list[str], work: Path, threads: int, stages: list[str]) -> di
     return results
 
 
-def report(results: dict, threads: int) -> str:
+def report(results: dict) -> str:
     from bench._report import markdown_table
 
     rows = []
@@ -330,17 +331,18 @@ def report(results: dict, threads: int) -> str:
                 [
                     name,
                     stage,
+                    r.get("threads", "-"),
                     r.get("wall_s", "-"),
                     r.get("peak_rss_mb", "-"),
                     f"{ratio:.2f}" if ratio else "-",
                     extra,
                 ]
             )
-    header = ["model", "stage", "wall s", "peak RSS MiB", "RSS / fp32 weights", "result"]
+    header = ["model", "stage", "threads", "wall s", "peak RSS MiB", "RSS / fp32 weights", "result"]
     title = (
         f"### Real-size stages (`python -m bench.real_size`, random weights, W8A8 PTQ on {CALIB_SAMPLES} "
         f"calibration trajectories x {STEPS} steps, {GOLDEN_SAMPLES} golden samples with guidance, "
-        f"{threads} threads, each stage in its own process)"
+        "each stage in its own process)"
     )
     return title + "\n\n" + markdown_table(header, rows)
 
@@ -367,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(__file__).resolve().parent / "results" / "real_size.json"
     old = json.loads(path.read_text()).get("models", {}) if path.exists() else {}
     merged = {**old, **{name: {**old.get(name, {}), **stages} for name, stages in results.items()}}
-    write_json("real_size", {"host": host_info(), "threads": args.threads, "models": merged})
-    update_results_section("real_size", report(merged, args.threads))
+    write_json("real_size", {"host": host_info(), "models": merged})
+    update_results_section("real_size", report(merged))
     return 0
 
 
