@@ -59,6 +59,17 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
         frames=args.frames,
         null_embedding=args.null_embedding,
     )
+    from edgediff_export.pipeline import export_pipeline_bundle, pipeline_parts_of
+
+    parts = pipeline_parts_of(args.model)
+    if parts is not None:  # a text-to-image pipeline (or a quantized folder of one): the whole bundle
+        out = export_pipeline_bundle(args.model, parts, Path(args.out), opts)
+        print(
+            f"wrote bundle {out} ({human_size(out)}): tokenizer, text_encoder.onnx, model.onnx (denoiser), "
+            "vae_decoder.onnx, scheduler, manifest.json, golden references"
+        )
+        print(f'next: edgediff-run parity {out}  |  edgediff-run sample {out} --prompt "..." --out image.png')
+        return 0
     out = export_bundle(args.model, Path(args.out), opts)
     print(f"wrote bundle {out} ({human_size(out)}): model.onnx, manifest.json, golden references")
     print(f"next: edgediff-run parity {out}  |  edgediff-run sample {out} --out grid.png")
