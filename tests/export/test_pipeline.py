@@ -218,3 +218,45 @@ def test_sample_prompt_runs_without_torch_or_transformers(fp_bundle: Path, tmp_p
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_quantized_pipeline_folder_exports_the_whole_bundle(pipe_dir: Path, tmp_path: Path, capsys):
+    """`quantize --model PIPELINE` keeps a checked reference to the other parts; its export is whole."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tok = CLIPTokenizer.from_pretrained(pipe_dir / "tokenizer")
+    te = CLIPTextModel.from_pretrained(pipe_dir / "text_encoder").eval()
+    ids = tok(["a cat", "a red house", "a dog", ""], padding="max_length", max_length=16).input_ids
+    with torch.no_grad():
+        emb = te(torch.tensor(ids))[0]
+    save_file({"encoder_hidden_states": emb[:3], "null.encoder_hidden_states": emb[3:]}, tmp_path / "c.st")
+    q, bundle = tmp_path / "q", tmp_path / "q.edgediff"
+    argv = ["quantize", "--model", str(pipe_dir), "--method", "ptq", "--bits", "W8A8", "--out", str(q)]
+    assert edgediff([*argv, "--steps", "4", "--calib-samples", "4", "--cond", str(tmp_path / "c.st")]) == 0
+    meta = json.loads((q / "edgediff_meta.json").read_text())
+    assert set(meta["pipeline"]["sha256"]) == {"tokenizer", "text_encoder", "vae"}
+    assert not (q / "text_encoder").exists()  # a reference, not a copy
+    assert (
+        edgediff(["export", "onnx", str(q), "--out", str(bundle), "--steps", "4", "--golden-samples", "1"])
+        == 0
+    )
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    precisions = {c["name"]: c["precision"] for c in manifest["pipeline"]["components"]}
+    assert precisions["denoiser"] == "W8A8" and precisions["text_encoder"] == "fp32"
+    assert (
+        run(["sample", str(bundle), "--prompt", PROMPT, "--steps", "4", "--out", str(tmp_path / "q.png")])
+        == 0
+    )
+    # a changed part of the source pipeline is refused, and no bundle is written
+    copy = tmp_path / "moved"
+    shutil.copytree(pipe_dir, copy)
+    meta["pipeline"]["root"] = str(copy)
+    (copy / "vae" / "config.json").write_text((copy / "vae" / "config.json").read_text() + " ")
+    (q / "edgediff_meta.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert edgediff(["export", "onnx", str(q), "--out", str(tmp_path / "bad.edgediff")]) == 2
+    assert "changed since" in capsys.readouterr().err
+    assert not (tmp_path / "bad.edgediff").exists()
