@@ -260,3 +260,15 @@ def test_quantized_pipeline_folder_exports_the_whole_bundle(pipe_dir: Path, tmp_
     assert edgediff(["export", "onnx", str(q), "--out", str(tmp_path / "bad.edgediff")]) == 2
     assert "changed since" in capsys.readouterr().err
     assert not (tmp_path / "bad.edgediff").exists()
+
+
+@pytest.mark.slow
+def test_fp16_pipeline_bundle_passes_its_own_parity(pipe_dir: Path, tmp_path: Path):
+    out = tmp_path / "f16.edgediff"
+    argv = ["export", "onnx", str(pipe_dir), "--fp", "--dtype", "fp16", "--device", "jetson-orin-nano-8gb"]
+    assert edgediff([*argv, "--out", str(out), "--steps", "4", "--golden-samples", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    comps = {c["name"]: c for c in manifest["pipeline"]["components"]}
+    assert comps["text_encoder"]["precision"] == comps["vae_decoder"]["precision"] == "fp16"
+    assert comps["vae_decoder"]["inputs"][0]["dtype"] == "float16"
+    assert run(["parity", str(out), "--ignore-device"]) == 0
