@@ -256,6 +256,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"outputs     {'; '.join(shape(t) for t in m.model.outputs)}",
         f"step input  {m.model.step_input or '-'}",
         f"condition   {m.conditioning.describe() if m.conditioning else 'none (unconditional)'}",
+        *(
+            [
+                "pipeline    "
+                + " -> ".join(f"{n} ({m.pipeline.component(n).precision})" for n in m.pipeline.order)
+                + f"; {m.pipeline.max_length} tokens, image {m.pipeline.image_shape}; sample --prompt TEXT"
+            ]
+            if m.pipeline is not None
+            else []
+        ),
         f"sampler     {s.kind}, {s.steps} steps, {s.prediction_type}, {s.beta_schedule} "
         f"(T={s.num_train_timesteps}), spacing {s.timestep_spacing}, eta {s.eta}, "
         f"guidance {s.guidance_scale if s.guidance_scale is not None else '-'}",

@@ -64,6 +64,11 @@ def test_bundle_lists_every_component_in_order(fp_bundle: Path):
 
 
 def test_parity_per_component_and_end_to_end(fp_bundle: Path, tmp_path: Path, capsys):
+    assert run(["info", str(fp_bundle)]) == 0
+    assert (
+        "tokenizer (-) -> text_encoder (fp32) -> denoiser (FP32) -> vae_decoder (fp32)"
+        in capsys.readouterr().out
+    )
     assert run(["parity", str(fp_bundle), "--json", str(tmp_path / "p.json")]) == 0
     report = json.loads((tmp_path / "p.json").read_text())
     names = {c["name"] for c in report["pipeline"]["checks"]}
