@@ -424,3 +424,24 @@ def _save_pipeline_golden(folder: Path, golden: dict[str, np.ndarray]) -> None:
     np.savez_compressed(buf, **golden)
     (folder / PIPELINE_GOLDEN).parent.mkdir(parents=True, exist_ok=True)
     (folder / PIPELINE_GOLDEN).write_bytes(buf.getvalue())
+
+
+def export_optimum_folder(
+    model: str | Path,
+    parts: PipelineParts,
+    out: Path,
+    opts: ExportOptions = ExportOptions(),
+    progress: bool = True,
+) -> Path:
+    """The pipeline bundle (built and parity-checked in a temporary folder), laid out for Optimum's
+    ONNX Runtime diffusion pipelines at `out` (edgediff_export.optimum_layout)."""
+    from edgediff_export.optimum_layout import write_optimum_layout
+
+    out = Path(out)
+    check_writable(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.bundle-", dir=out.resolve().parent))
+    try:
+        bundle = export_pipeline_bundle(model, parts, staging / "bundle.edgediff", opts, progress)
+        return write_optimum_layout(bundle, Path(str(model)), parts, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
