@@ -67,7 +67,10 @@ def pipeline_parts_of(model: str | Path) -> PipelineParts | None:
     if str(model).startswith("reference") and not path.exists():
         return None
     if is_quantized_folder(path):
-        record = read_json(path / "edgediff_meta.json").get("pipeline")
+        try:
+            record = read_json(path / "edgediff_meta.json").get("pipeline")
+        except EdgediffError:  # a damaged folder: the quantized-folder loader reports it
+            return None
         return None if record is None else parts_from_record(record, path)
     return text_pipeline_parts(path)
 
