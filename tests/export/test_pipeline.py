@@ -277,3 +277,19 @@ def test_fp16_pipeline_bundle_passes_its_own_parity(pipe_dir: Path, tmp_path: Pa
     assert comps["text_encoder"]["precision"] == comps["vae_decoder"]["precision"] == "fp16"
     assert comps["vae_decoder"]["inputs"][0]["dtype"] == "float16"
     assert run(["parity", str(out), "--ignore-device"]) == 0
+
+
+def test_auto_loading_is_sequential_when_3x_the_components_exceed_the_model_memory(fp_bundle, tmp_path):
+    from edgediff_runtime.bundle import load_bundle
+    from edgediff_runtime.prompts import component_bytes, resolve_load
+
+    bundle = _copy(fp_bundle, tmp_path)
+    files = ("text_encoder.onnx", "model.onnx", "vae_decoder.onnx")
+    size = sum((bundle / f).stat().st_size for f in files)
+    assert component_bytes(load_bundle(bundle)) == size
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for memory, expected in ((3 * size / 2**30 * 0.99, "sequential"), (3 * size / 2**30 * 1.01, "together")):
+        manifest["device"]["model_memory_gb"] = memory
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        assert resolve_load("auto", load_bundle(bundle)) == expected
+    assert resolve_load("sequential", load_bundle(bundle)) == "sequential"
