@@ -346,7 +346,8 @@ def report(results: dict) -> str:
                     [mode, r["peak_rss_mb"], r["wall_s"], "ok" if r["rc"] == 0 else f"exit {r['rc']}"]
                 )
         exp = full.get("export") or {}
-        files = ", ".join(f"{k} {v:.0f} MiB" for k, v in (full.get("files_mb") or {}).items())
+        files = ", ".join(f"{k} {v:.1f} MiB" for k, v in (full.get("files_mb") or {}).items())
+        replay = full.get("export_parity") or {}
         parts += [
             "Full-size SD-1.5 configs with random weights (CLIP ViT-L/14 text encoder, SD-1.5 UNet and "
             f"VAE), FP32 bundle ({files}); `edgediff-run sample --prompt` {FULL_STEPS} steps at 256x256, "
@@ -354,7 +355,14 @@ def report(results: dict) -> str:
             "--ignore-device), each run a child process under `/usr/bin/time -v` on "
             "this 2-core x86 host. Tokenizer: the tests' small CLIP-layout vocabulary padded to 77 "
             "tokens (no real vocabulary offline)."
-            + (f" Export: {exp.get('wall_s')} s, peak RSS {exp.get('peak_rss_mb')} MiB." if exp else ""),
+            + (f" Export: {exp.get('wall_s')} s, peak RSS {exp.get('peak_rss_mb')} MiB." if exp else "")
+            + (
+                f" Its export-time replay against PyTorch: text embeddings max abs "
+                f"{replay['text_embedding_max_abs']:.2g}, VAE decoder {replay['vae_psnr']:.1f} dB, "
+                f"prompt -> image {replay['image_psnr']:.1f} dB."
+                if replay
+                else ""
+            ),
             "",
             markdown_table(["loading", "peak RSS (MiB)", "wall (s)", "result"], rows),
         ]
