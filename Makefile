@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml runtime/pyproject.toml
 	# after the runtime would delete that script, so it goes first.
 	$(PY) -m pip uninstall -q -y edgediff 2>/dev/null || true
 	# The runtime distribution (not on PyPI) before the main package, which requires it.
-	$(PY) -m pip install -q -e ./runtime
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e "./runtime[prompts]"
+	$(PY) -m pip install -q -e ".[dev,pipelines]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -16,6 +16,7 @@ import torch
 from edgediff.bitspec import BitSetting
 from edgediff.errors import EdgediffError
 from edgediff.models.conditioning import ConditioningRequest
+from edgediff.models.pipeline import parts_record, text_pipeline_parts
 from edgediff.train.loop import is_main_process, process_device
 
 
@@ -135,6 +136,9 @@ def quantize_model(
     base_config = {k: v for k, v in dict(fp.config).items() if not k.startswith("_")}
     sched_cfg = {k: v for k, v in sched_cfg.items() if not k.startswith("_")}
     meta["device"] = str(target)
+    parts = None if is_reference(model) else text_pipeline_parts(source)
+    if parts is not None:  # tokenizer, text encoder and VAE: a checked reference, not a copy
+        meta["pipeline"] = parts_record(parts)
     if is_main_process():
         save_quantized(
             qmodel.cpu(), recipe, out, base_config, sched_cfg, meta, label_table=loaded.label_table

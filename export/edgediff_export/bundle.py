@@ -113,6 +113,8 @@ class ExportOptions:
     `guidance_scale`: the bundle's default classifier-free guidance (also used for the golden
     references); `cond_tokens`: tokens of a raw-embedding condition (default 77); `frames`: video
     length (default the config's); `null_embedding`: a .npy null condition for raw embeddings;
+    `golden_embeddings`: a .npy [k, tokens, dim] of raw-embedding conditions (text embeddings of
+    prompts) that the golden references and output ranges use, rows repeated (default: random);
     `range_samples`: trajectories for the `ort` placement's output ranges. `steps=None`: the
     model's per-step table size, or `DEFAULT_STEPS` when its scales are static.
     """
@@ -130,6 +132,7 @@ class ExportOptions:
     cond_tokens: int | None = None
     frames: int | None = None
     null_embedding: str | None = None
+    golden_embeddings: str | None = None
     range_samples: int = 32
 
 
@@ -516,6 +519,11 @@ def export_model_bundle(
     learned_sigma = _learned_sigma(model, mc)
     shape = sample_shape(model, mc.signature, opts.frames)
     cond, null = golden_conditions(mc, label_table, null_embedding, opts.golden_samples, opts.seed)
+    if opts.golden_embeddings is not None and mc.spec is not None and mc.spec.kind == "embeddings":
+        rows = torch.from_numpy(np.load(opts.golden_embeddings, allow_pickle=False).astype(np.float32))
+        cond = {
+            mc.spec.input: rows.repeat(-(-opts.golden_samples // rows.shape[0]), 1, 1)[: opts.golden_samples]
+        }
     scale = opts.guidance_scale
     if scale is not None and scale != 1.0 and null is None:
         raise ExportError(

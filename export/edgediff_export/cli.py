@@ -59,6 +59,26 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
         frames=args.frames,
         null_embedding=args.null_embedding,
     )
+    from edgediff_export.pipeline import export_pipeline_bundle, pipeline_parts_of
+
+    parts = pipeline_parts_of(args.model)
+    if args.layout == "optimum":
+        if parts is None:
+            raise EdgediffError("--layout optimum needs a text-to-image pipeline folder (or a quantized one)")
+        from edgediff_export.pipeline import export_optimum_folder
+
+        out = export_optimum_folder(args.model, parts, Path(args.out), opts)
+        print(f"wrote {out} ({human_size(out)}): Optimum ONNX Runtime diffusion layout")
+        print(f"next: optimum.onnxruntime.ORTStableDiffusionPipeline.from_pretrained('{out}')")
+        return 0
+    if parts is not None:  # a text-to-image pipeline (or a quantized folder of one): the whole bundle
+        out = export_pipeline_bundle(args.model, parts, Path(args.out), opts)
+        print(
+            f"wrote bundle {out} ({human_size(out)}): tokenizer, text_encoder.onnx, model.onnx (denoiser), "
+            "vae_decoder.onnx, scheduler, manifest.json, golden references"
+        )
+        print(f'next: edgediff-run parity {out}  |  edgediff-run sample {out} --prompt "..." --out image.png')
+        return 0
     out = export_bundle(args.model, Path(args.out), opts)
     print(f"wrote bundle {out} ({human_size(out)}): model.onnx, manifest.json, golden references")
     print(f"next: edgediff-run parity {out}  |  edgediff-run sample {out} --out grid.png")
@@ -247,6 +267,13 @@ def _add_export_commands(sub: argparse._SubParsersAction) -> None:
         help="default classifier-free guidance scale of the bundle (also used for the golden references)",
     )
     p.add_argument("--cond-tokens", type=int, default=None, help="tokens of a raw-embedding condition (77)")
+    p.add_argument(
+        "--layout",
+        choices=["bundle", "optimum"],
+        default="bundle",
+        help="bundle: an edgediff bundle; optimum (pipeline folders): the bundle's ONNX components laid "
+        "out for Optimum's ORTStableDiffusionPipeline (docs/pipelines.md)",
+    )
     p.add_argument("--frames", type=int, default=None, help="frames of a video model (default: its config)")
     p.add_argument(
         "--null-embedding",

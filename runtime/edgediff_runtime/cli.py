@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="sampler steps (default: the manifest's; per-step scales allow only that)",
     )
-    p.add_argument("--num", type=int, default=4, help="number of images (default 4)")
+    p.add_argument("--num", type=int, default=None, help="number of images (default 4; 1 with --prompt)")
     p.add_argument(
         "--out",
         type=Path,
@@ -112,6 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FILE",
         help="raw embeddings (.npy or .safetensors), [tokens, dim] or [N, tokens, dim]",
+    )
+    p.add_argument(
+        "--prompt",
+        default=None,
+        metavar="TEXT",
+        help="text prompt of a pipeline bundle (tokenizer + text encoder + denoiser + VAE decoder)",
+    )
+    p.add_argument(
+        "--negative-prompt",
+        default="",
+        metavar="TEXT",
+        help="null condition of classifier-free guidance with --prompt (default: the empty prompt)",
+    )
+    p.add_argument(
+        "--load",
+        choices=("auto", "sequential", "together"),
+        default="auto",
+        help="with --prompt: sequential opens each component just before it runs and frees it after "
+        "(least memory); together opens all first; auto: sequential when the bundle's device profile "
+        "leaves less model memory than 3x the component files (default auto)",
     )
     p.add_argument(
         "--guidance",
@@ -263,6 +283,15 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"outputs     {'; '.join(shape(t) for t in m.model.outputs)}",
         f"step input  {m.model.step_input or '-'}",
         f"condition   {m.conditioning.describe() if m.conditioning else 'none (unconditional)'}",
+        *(
+            [
+                "pipeline    "
+                + " -> ".join(f"{n} ({m.pipeline.component(n).precision})" for n in m.pipeline.order)
+                + f"; {m.pipeline.max_length} tokens, image {m.pipeline.image_shape}; sample --prompt TEXT"
+            ]
+            if m.pipeline is not None
+            else []
+        ),
         f"sampler     {s.kind}, {s.steps} steps, {s.prediction_type}, {s.beta_schedule} "
         f"(T={s.num_train_timesteps}), spacing {s.timestep_spacing}, eta {s.eta}, "
         f"guidance {s.guidance_scale if s.guidance_scale is not None else '-'}",
@@ -310,6 +339,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from edgediff_runtime.pipeline import Guidance, sample
     from edgediff_runtime.samplers import make_sampler
 
+    if args.prompt is not None:
+        return _sample_prompt(args)
+    args.num = 4 if args.num is None else args.num
     if args.num < 1:
         raise RuntimeStageError(f"--num must be >= 1, got {args.num}")
     if args.scale is not None and args.scale < 1:
@@ -385,20 +417,110 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_prompt(args: argparse.Namespace) -> int:
+    """Prompt -> image with a pipeline bundle (edgediff_runtime.prompts); outputs written atomically."""
+    from edgediff_runtime.imaging import save_grid
+    from edgediff_runtime.prompts import check_components, pipeline_of, resolve_load, text_to_image
+    from edgediff_runtime.samplers import make_sampler
+
+    num = 1 if args.num is None else args.num
+    if num < 1:
+        raise RuntimeStageError(f"--num must be >= 1, got {num}")
+    for flag, value in (("--labels", args.labels), ("--cond", args.cond)):
+        if value is not None:
+            raise RuntimeStageError(f"--prompt and {flag} exclude each other; pass one")
+    if args.seed < 0:
+        raise RuntimeStageError(f"--seed must be >= 0, got {args.seed}")
+    if args.steps is not None and args.steps < 1:
+        raise RuntimeStageError(f"steps must be >= 1, got {args.steps}; pass --steps 1 or more")
+    if args.scale is not None and args.scale < 1:
+        raise RuntimeStageError(f"--scale must be >= 1, got {args.scale}")
+    if args.backend != "ort":
+        raise RuntimeStageError("--prompt runs the pipeline's components on ONNX Runtime; use --backend ort")
+    if args.guidance is not None and not np.isfinite(args.guidance):
+        raise RuntimeStageError(f"--guidance must be a finite number, got {args.guidance}")
+    _check_out(args.out, ".png", "--out")
+    _check_out(args.save_npy, ".npy", "--save-npy")
+    bundle = load_bundle(args.bundle, backend="ort")
+    pipeline_of(bundle)
+    check_components(bundle)
+    if args.steps is not None:
+        bundle.manifest.check_steps(args.steps)
+    profile = bundle.manifest.profile()
+    if profile is not None and not args.ignore_device:
+        check_host(profile, "ort")
+    if args.threads is not None and args.threads < 1:
+        raise RuntimeStageError(f"--threads must be >= 1, got {args.threads}")
+    steps = bundle.manifest.sampler.steps if args.steps is None else args.steps
+    make_sampler(bundle.manifest.sampler, steps)
+    providers = args.provider or (None if args.ignore_device else _default_providers(bundle))
+
+    def open_onnx(path: Path) -> Backend:
+        disabled = bundle.manifest.onnx.ort_disabled_optimizers if path == bundle.model_path else None
+        return open_backend(
+            "ort", path, threads=args.threads, providers=providers, disabled_optimizers=disabled
+        )
+
+    scale = args.guidance if args.guidance is not None else bundle.manifest.sampler.guidance_scale
+    noise = np.random.default_rng(args.seed).standard_normal(
+        (num, *bundle.manifest.model.sample_shape), dtype=np.float32
+    )
+    load = resolve_load(args.load, bundle)
+    bar = _progress(steps, "sampling")
+    try:
+        result = text_to_image(
+            bundle,
+            open_onnx,
+            [args.prompt] * num,
+            noise,
+            negative_prompt=args.negative_prompt,
+            guidance=scale,
+            steps=steps,
+            load=load,
+            step_callback=(lambda i, t, x: bar.update(1)) if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if not np.all(np.isfinite(result.images)):
+        raise RuntimeStageError("the pipeline produced NaN/Inf; check the bundle with `edgediff-run parity`")
+    used = save_grid(args.out, result.images, scale=args.scale or 1, pad=1 if num > 1 else 0)
+    if args.save_npy is not None:
+        from edgediff_runtime._atomic import atomic_path
+
+        with atomic_path(args.save_npy) as tmp, tmp.open("wb") as fh:
+            np.save(fh, result.images)
+    per_call = 1e3 * float(np.mean(result.call_seconds))
+    cfg = f", guidance {scale:g}" if scale is not None and scale != 1.0 else ""
+    print(
+        f"wrote {args.out} ({num} image(s) {list(result.images.shape[1:])}, {steps} steps{cfg}, "
+        f"{per_call:.1f} ms per denoiser call, components loaded {load}"
+        + (f", upscaled {used}x" if used > 1 else "")
+        + ")"
+    )
+    if args.save_npy is not None:
+        print(f"wrote {args.save_npy} (images [N, 3, H, W] in [-1, 1], float32)")
+    return 0
+
+
 def cmd_parity(args: argparse.Namespace) -> int:
     """Level-2/3 parity; exit 0 on PASS, 1 on FAIL."""
     from edgediff_runtime.parity import format_report, run_parity
 
     _check_out(args.json, ".json", "--json")
     _check_out(args.plot, ".png", "--plot")
+    bundle, backend = _open(args, need_golden=True)
     if is_customize_bundle(read_manifest(args.bundle).files):
         from edgediff_runtime.customize_parity import run_customize_parity
 
-        bundle, backend = _open(args, need_golden=True)
         report = run_customize_parity(bundle, backend, backend_name=args.backend)
     else:
-        bundle, backend = _open(args, need_golden=True)
         report = run_parity(bundle, backend, backend_name=args.backend)
+    if bundle.manifest.pipeline is not None:  # per component and end to end (prompt -> image)
+        from edgediff_runtime.parity import pipeline_parity
+
+        report["pipeline"] = pipeline_parity(bundle)
+        report["passed"] = report["passed"] and report["pipeline"]["passed"]
     if args.plot is not None:
         from edgediff_runtime.imaging import plot_parity
 

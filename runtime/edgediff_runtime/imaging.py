@@ -76,12 +76,15 @@ def readable_scale(tile_width: int, grid_width: int) -> int:
     return max(1, math.ceil(MIN_TILE_PX / max(tile_width, 1)), math.ceil(MIN_GRID_PX / max(grid_width, 1)))
 
 
-def save_grid(path: str | os.PathLike[str], images: np.ndarray, scale: int | None = None) -> int:
+def save_grid(
+    path: str | os.PathLike[str], images: np.ndarray, scale: int | None = None, pad: int = 1
+) -> int:
     """Write [-1, 1] images [N, C, H, W] as one PNG grid, atomically; returns the pixel repeat used.
 
-    ``scale`` repeats pixels; ``None`` picks :func:`readable_scale` (small images upscaled).
+    ``scale`` repeats pixels; ``None`` picks :func:`readable_scale` (small images upscaled);
+    ``pad``: black pixels between tiles (0 writes a single image as it is).
     """
-    grid = make_grid(to_uint8(images))
+    grid = make_grid(to_uint8(images), pad=pad)
     if scale is None:
         scale = readable_scale(images.shape[-1], grid.shape[1])
     if scale > 1:

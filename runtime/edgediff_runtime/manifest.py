@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from edgediff_runtime._schema import schema_errors
+from edgediff_runtime.components import PIPELINE_SCHEMA, PipelineSpec
 from edgediff_runtime.conditioning import CONDITIONING_SCHEMA, LAYOUTS, ConditioningSpec
 from edgediff_runtime.devices import DeviceProfile
 from edgediff_runtime.errors import RuntimeStageError
@@ -152,6 +153,7 @@ MANIFEST_SCHEMA: dict[str, Any] = _obj(
             [],
         ),
         "conditioning": CONDITIONING_SCHEMA,
+        "pipeline": PIPELINE_SCHEMA,
     },
     ["schema_version", "name", "model", "sampler", "onnx", "quant"],
 )
@@ -311,6 +313,9 @@ class Manifest:
     schema_version: int = SCHEMA_VERSION
     #: None: an unconditional model (and every manifest written before conditioning existed).
     conditioning: ConditioningSpec | None = None
+    #: None: the bundle is the denoiser alone (every manifest written before pipelines existed);
+    #: else a prompt-to-image bundle's components (edgediff_runtime.components).
+    pipeline: PipelineSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict, ``schema_version`` first."""
@@ -364,6 +369,7 @@ class Manifest:
             conditioning=(
                 ConditioningSpec.from_dict(data["conditioning"]) if data.get("conditioning") else None
             ),
+            pipeline=PipelineSpec.from_dict(data["pipeline"]) if data.get("pipeline") else None,
         )
         manifest.check(source)
         return manifest
@@ -409,6 +415,14 @@ class Manifest:
             missing = [f for f in cond.files() if f not in self.files] if self.files else []
             if missing:
                 raise bad(f"conditioning names {missing[0]}, which the bundle does not list")
+        if self.pipeline is not None:
+            width = cond.shape[-1] if cond is not None and cond.kind == "embeddings" else None
+            problems = self.pipeline.problems(self.model.file, width)
+            if problems:
+                raise bad(problems[0])
+            unlisted = [c.file for c in self.pipeline.components if self.files and c.file not in self.files]
+            if unlisted:
+                raise bad(f"pipeline component {unlisted[0]} is not among the bundle's files")
         if self.sampler.steps > self.sampler.num_train_timesteps:
             raise bad("sampler.steps exceeds sampler.num_train_timesteps")
         table = self.quant.step_table

@@ -181,9 +181,131 @@ def format_report(report: dict) -> str:
     for c in report["checks"]:
         value = "inf" if c["value"] is None else f"{c['value']:.4g}"
         lines.append(f"  {'ok  ' if c['passed'] else 'FAIL'} {c['name']}: {value} {c['op']} {c['limit']:g}")
+    pipe = report.get("pipeline")
+    if pipe:
+        lines.append(
+            f"  pipeline ({pipe['prompt']!r}): text embeddings max abs {pipe['text_embedding_max_abs']:.3g}, "
+            f"VAE decoder PSNR {db(pipe['vae_psnr'])}, prompt -> image PSNR {db(pipe['image_psnr'])}"
+        )
+        for c in pipe["checks"]:
+            value = (
+                c["value"] if isinstance(c["value"], bool) else "inf" if c["value"] is None else c["value"]
+            )
+            shown = value if isinstance(value, (bool, str)) else f"{value:.4g}"
+            lines.append(f"  {'ok  ' if c['passed'] else 'FAIL'} {c['name']}: {shown} {c['op']} {c['limit']}")
     lines.append(f"  tolerances: {report['tolerance_source']}")
     bounds = report.get("export_bounds")
     if bounds and not bounds.get("within", True):
         lines.append(f"  WARNING: {bounds['message']}")
     lines.append("PASS" if report["passed"] else "FAIL")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ prompt pipelines
+#: pipeline tolerance key -> (measured quantity, comparison)
+PIPELINE_CHECKS = {
+    "text_embedding_max_abs": ("text_embedding_max_abs", "<="),
+    "vae_psnr_min": ("vae_psnr", ">="),
+    "image_psnr_min": ("image_psnr", ">="),
+}
+
+
+def load_pipeline_golden(bundle: Bundle) -> dict[str, np.ndarray]:
+    """The pipeline's golden references (token ids, text embeddings, noise, final latent, image)."""
+    from edgediff_runtime.prompts import pipeline_of
+
+    spec = pipeline_of(bundle)
+    path = bundle.root / str(spec.golden)
+    if spec.golden is None or not path.is_file():
+        raise RuntimeStageError(
+            f"bundle {bundle.name} has no {spec.golden}; copy it from the exported bundle to run parity"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            golden = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise RuntimeStageError(
+            f"cannot read {spec.golden} of bundle {bundle.name}: {exc}; re-export it"
+        ) from None
+    missing = [k for k in ("ids", "text_embeddings", "noise", "latent", "image") if k not in golden]
+    if missing:
+        raise RuntimeStageError(
+            f"{spec.golden} of bundle {bundle.name} lacks {', '.join(missing)}; re-export it"
+        )
+    return golden
+
+
+def pipeline_parity(bundle: Bundle, open_onnx=None, golden: dict[str, np.ndarray] | None = None) -> dict:
+    """Per component and end to end against the PyTorch references: the tokenizer's ids (exact), the
+    text encoder's embeddings (max abs), the VAE decoder's image of the golden latent (PSNR, range
+    2) and the prompt -> image run from the golden noise (PSNR of the images, range 2)."""
+    from edgediff_runtime.backends import open_backend
+    from edgediff_runtime.prompts import (
+        PromptTokenizer,
+        decode_latents,
+        encode_text,
+        pipeline_of,
+        text_to_image,
+    )
+
+    spec = pipeline_of(bundle)
+    golden = load_pipeline_golden(bundle) if golden is None else golden
+    if open_onnx is None:
+
+        def open_onnx(path):
+            return open_backend("ort", path)
+
+    tokenize = PromptTokenizer(bundle.root / spec.component("tokenizer").file, spec.max_length, spec.pad_id)
+    ids = tokenize([spec.golden_prompt, spec.golden_negative_prompt])
+    text = open_onnx(bundle.root / spec.component("text_encoder").file)
+    emb = encode_text(text, spec, golden["ids"])
+    del text
+    vae = open_onnx(bundle.root / spec.component("vae_decoder").file)
+    decoded = decode_latents(vae, spec, golden["latent"])
+    del vae
+    run = text_to_image(
+        bundle,
+        open_onnx,
+        [spec.golden_prompt],
+        golden["noise"],
+        negative_prompt=spec.golden_negative_prompt,
+        guidance=bundle.manifest.sampler.guidance_scale,
+        steps=bundle.manifest.sampler.steps,
+        load="sequential",
+    )
+    measured = {
+        "text_embedding_max_abs": max_abs(emb, golden["text_embeddings"]),
+        "vae_psnr": psnr(decoded, golden["image"]),
+        "image_psnr": psnr(run.images, golden["image"]),
+    }
+    checks = [
+        {
+            "name": "token_ids_equal",
+            "value": bool(np.array_equal(ids, golden["ids"])),
+            "op": "==",
+            "limit": True,
+            "passed": bool(np.array_equal(ids, golden["ids"])),
+        }
+    ]
+    for key, limit in spec.tolerances.items():
+        quantity, op = PIPELINE_CHECKS[key]
+        value = measured[quantity]
+        ok = value <= limit if op == "<=" else value >= limit
+        checks.append(
+            {
+                "name": key,
+                "value": _json_db(value) if op == ">=" else value,
+                "op": op,
+                "limit": limit,
+                "passed": ok,
+            }
+        )
+    return {
+        "prompt": spec.golden_prompt,
+        "token_ids_equal": checks[0]["passed"],
+        "text_embedding_max_abs": measured["text_embedding_max_abs"],
+        "vae_psnr": _json_db(measured["vae_psnr"]),
+        "image_psnr": _json_db(measured["image_psnr"]),
+        "checks": checks,
+        "passed": all(c["passed"] for c in checks),
+    }

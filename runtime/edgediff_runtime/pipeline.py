@@ -104,12 +104,13 @@ def sample(
     extra_feeds: dict[str, np.ndarray] | None = None,
     guidance: Guidance | None = None,
     keep_latents: bool = False,
+    clip_final: bool = True,
 ) -> SampleResult:
     """Run the bundle's sampler from unit Gaussian ``noise`` [N, *sample_shape] for ``steps`` steps.
 
     ``step_noise`` [S, N, C, H, W] replaces the sampler's own random draws (parity replay of
     stochastic samplers); ``rng`` seeds them otherwise. ``step_callback(i, t, latent)`` runs after
-    each step.
+    each step. ``clip_final=False`` keeps the last latent as it is (a latent for a VAE decoder).
     """
     model = bundle.manifest.model
     noise = np.asarray(noise, dtype=np.float32)
@@ -156,5 +157,5 @@ def sample(
             result.latents.append(x.copy())
         if step_callback is not None:
             step_callback(i, t, x)
-    result.final = np.clip(x, -1.0, 1.0).astype(np.float32)
+    result.final = (np.clip(x, -1.0, 1.0) if clip_final else x).astype(np.float32)
     return result

@@ -69,9 +69,14 @@ def test_makefile_installs_torch_then_runtime_then_main():
     lines = [line for line in _makefile_install_lines() if "--upgrade pip" not in line]
     assert lines == [
         "$(PY) -m pip install -q torch==2.13.0",
-        "$(PY) -m pip install -q -e ./runtime",
-        '$(PY) -m pip install -q -e ".[dev]"',
+        '$(PY) -m pip install -q -e "./runtime[prompts]"',
+        '$(PY) -m pip install -q -e ".[dev,pipelines]"',
     ]
+
+
+def test_pipelines_extra_brings_the_text_encoder_packages():
+    extras = MAIN["project"]["optional-dependencies"]
+    assert sorted(Requirement(r).name for r in extras["pipelines"]) == ["tokenizers", "transformers"]
 
 
 def test_every_profile_file_is_declared_package_data():
