@@ -139,24 +139,13 @@ def test_conditioning_changes_the_samples(cases):
 
 def test_added_cond_kwargs_models_sample(tmp_path):
     """SDXL-shaped UNet (text_embeds from --cond, time_ids derived) and PixArt with resolution inputs."""
-    from diffusers import PixArtTransformer2DModel, UNet2DConditionModel
+    from diffusers import PixArtTransformer2DModel
 
-    torch.manual_seed(0)
-    sdxl = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=4,
-        norm_num_groups=8,
+    sdxl = cond_unet(
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=12 + 6 * 8,
-    ).eval()
+    )
     loaded = load_model(save_pipeline_folder(sdxl, tmp_path / "xl", SD_SCHEDULER))
     assert loaded.condition_names == ("encoder_hidden_states", "text_embeds", "time_ids")
     f = cond_file(

@@ -22,6 +22,7 @@ from edgediff_runtime.bundle import load_bundle
 from edgediff_runtime.cli import main as run_main
 from edgediff_runtime.parity import run_parity
 from edgediff_runtime.samplers import make_sampler
+from tests.edgediff.models import tiny
 from tests.export.helpers import quantized, random_calibration
 
 STEPS = 2
@@ -41,49 +42,24 @@ OPTS = dict(steps=STEPS, golden_samples=2, allow_fp=True, range_samples=2)
 
 
 def tiny_cond_unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        norm_num_groups=4,
-        attention_head_dim=4,
-    ).eval()
+    return tiny.cond_unet(block_out_channels=(8, 16), norm_num_groups=4)
 
 
 def tiny_dit() -> DiTTransformer2DModel:
-    torch.manual_seed(0)
-    return DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        out_channels=8,
-        num_layers=1,
-        sample_size=8,
-        patch_size=2,
-        num_embeds_ada_norm=10,
-    ).eval()
+    return tiny.dit(num_layers=1, norm_num_groups=32)
 
 
 def tiny_latte() -> LatteTransformer3DModel:
-    torch.manual_seed(0)
-    return LatteTransformer3DModel(
+    return tiny.latte(
         num_attention_heads=2,
         attention_head_dim=8,
         in_channels=4,
         out_channels=8,
         num_layers=1,
         sample_size=8,
-        patch_size=2,
-        caption_channels=16,
-        cross_attention_dim=16,
+        norm_type="layer_norm",
         video_length=3,
-    ).eval()
+    )
 
 
 def _parity(path: Path) -> dict:

@@ -8,23 +8,11 @@ from diffusers import UNet2DConditionModel
 from edgediff.models.label_table import LabelTable
 from edgediff.models.loading import LoadedModel
 
-from ..models.tiny import SD_SCHEDULER, save_pipeline_folder
+from ..models.tiny import SD_SCHEDULER, cond_unet, save_pipeline_folder
 
 
 def canvas_unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=16,
-        in_channels=1,
-        out_channels=1,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    ).eval()
+    return cond_unet(sample_size=16, in_channels=1, out_channels=1)
 
 
 def canvas_table() -> LabelTable:

@@ -41,20 +41,24 @@ DDPM_SCHEDULER = {
 }
 
 
-def cond_unet() -> UNet2DConditionModel:
+COND_UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=1,
+    block_out_channels=(16, 32),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=16,
+    attention_head_dim=4,
+    norm_num_groups=8,
+)
+
+
+def cond_unet(**overrides) -> UNet2DConditionModel:
+    """A two-level cross-attention UNet; `overrides` replace config entries (seeded weights)."""
     torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    ).eval()
+    return UNet2DConditionModel(**{**COND_UNET, **overrides}).eval()
 
 
 def class_unet() -> UNet2DModel:
@@ -72,9 +76,9 @@ def class_unet() -> UNet2DModel:
     ).eval()
 
 
-def dit(learned_sigma: bool = True) -> DiTTransformer2DModel:
+def dit(learned_sigma: bool = True, **overrides) -> DiTTransformer2DModel:
     torch.manual_seed(0)
-    return DiTTransformer2DModel(
+    config = dict(
         num_attention_heads=2,
         attention_head_dim=8,
         in_channels=4,
@@ -84,7 +88,8 @@ def dit(learned_sigma: bool = True) -> DiTTransformer2DModel:
         patch_size=2,
         num_embeds_ada_norm=10,
         norm_num_groups=8,
-    ).eval()
+    )
+    return DiTTransformer2DModel(**{**config, **overrides}).eval()
 
 
 def pixart(sample_size: int = 8) -> PixArtTransformer2DModel:
@@ -103,10 +108,10 @@ def pixart(sample_size: int = 8) -> PixArtTransformer2DModel:
     ).eval()
 
 
-def latte() -> LatteTransformer3DModel:
+def latte(**overrides) -> LatteTransformer3DModel:
     """8 frames x 1 channel x 16x16, patch 2, 2 layers (docs/reference-benchmark.md Q6)."""
     torch.manual_seed(0)
-    return LatteTransformer3DModel(
+    config = dict(
         num_attention_heads=4,
         attention_head_dim=4,
         in_channels=1,
@@ -118,7 +123,8 @@ def latte() -> LatteTransformer3DModel:
         caption_channels=16,
         cross_attention_dim=16,
         video_length=8,
-    ).eval()
+    )
+    return LatteTransformer3DModel(**{**config, **overrides}).eval()
 
 
 BUILDERS = {

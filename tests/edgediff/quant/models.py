@@ -4,6 +4,7 @@ import torch
 from diffusers import DiTTransformer2DModel, LatteTransformer3DModel, UNet2DConditionModel
 
 from edgediff.quant import CalibrationData
+from tests.edgediff.models import tiny
 
 CIFAR10_CONFIG = dict(
     sample_size=32,
@@ -17,51 +18,16 @@ CIFAR10_CONFIG = dict(
 
 
 def cond_unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)
-    return UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ).eval()
+    return tiny.cond_unet(block_out_channels=(32, 64), cross_attention_dim=32, attention_head_dim=8)
 
 
 def dit() -> DiTTransformer2DModel:
-    torch.manual_seed(0)
-    return DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=4,
-        num_layers=2,
-        sample_size=8,
-        patch_size=2,
-        num_embeds_ada_norm=10,
-        norm_num_groups=8,
-    ).eval()
+    return tiny.dit(learned_sigma=False)
 
 
 def latte() -> LatteTransformer3DModel:
     """docs/reference-benchmark.md Q6: 8 frames x 1 channel x 16x16, patch 2, heads 4 x dim 16, 2 layers."""
-    torch.manual_seed(0)
-    return LatteTransformer3DModel(
-        num_attention_heads=4,
-        attention_head_dim=16,
-        in_channels=1,
-        out_channels=1,
-        num_layers=2,
-        sample_size=16,
-        patch_size=2,
-        norm_type="ada_norm_single",
-        caption_channels=16,
-        cross_attention_dim=64,
-        video_length=8,
-    ).eval()
+    return tiny.latte(attention_head_dim=16, cross_attention_dim=64)
 
 
 def calib_for(kind: str, n: int = 2, num_steps: int = 1) -> CalibrationData:
