@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import time
 from functools import partial
@@ -163,7 +164,9 @@ def sample_psnr(case: ModelCase, fp, backends: dict, paths: dict, samples: int, 
 
 
 def bench_case(case: ModelCase, args, work: Path) -> dict:
-    paths = build_variants(case, work, args.calib_samples, args.steps, args.passes)
+    paths = build_variants(case, work, args.calib_samples, args.steps, args.passes, case.qdq_calib_samples)
+    if args.build_only:
+        return {"files": {k: str(p) for k, p in paths.items()}}
     fp = case.build()
     backends = {k: open_ort(p, args.threads) for k, p in paths.items()}
     fast = [k for k in paths if k.startswith("w8a8+")][-1:]
@@ -208,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--label", default="", help="a note stored with the results (e.g. 'loaded machine')")
     ap.add_argument("--profile", action="store_true", help="ORT profiler op-type totals at the first batch")
     ap.add_argument("--merge", action="store_true", help="keep other models' entries of an earlier run")
+    ap.add_argument("--build-only", action="store_true", help="build (cache) the ONNX files only")
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--out", default="speed", help="results name under bench/results/")
     args = ap.parse_args(argv)
@@ -235,9 +239,18 @@ def main(argv: list[str] | None = None) -> dict:
         earlier = json.loads(previous.read_text())
         result["models"] = earlier.get("models", {})  # each entry records its own run settings
     run = {k: result[k] for k in ("label", "threads", "rounds", "e2e_rounds", "steps", "calib_samples")}
+    result["load_average"] = {"start": os.getloadavg()}
     for name in args.models:
-        result["models"][name] = bench_case(CASES[name], args, work) | {"run": run | host_info()}
+        entry = bench_case(CASES[name], args, work)
+        if args.build_only:
+            log.info("%s: %s", name, entry["files"])
+            continue
+        result["models"][name] = entry | {"run": run | host_info()}
         log.info("wrote %s", write_json(args.out, result))
+    result["load_average"]["end"] = os.getloadavg()
+    if args.build_only:
+        return result
+    write_json(args.out, result)
     if not args.no_docs:
         write_docs(result)
         plot(result)

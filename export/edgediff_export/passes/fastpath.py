@@ -13,6 +13,8 @@ one on real model sizes by `bench/speed.py` (docs/export-passes.md section 6).
   GroupNorm, y = (x - mu_g) / sqrt(var_g + eps) * gamma_c + beta_c (Wu & He 2018, eq. 1-2).
 * `remove-noop-casts`: `Cast` whose input already has the target type (by ONNX shape
   inference) is bypassed.
+* `fold-weight-transposes`, `transpose-pairs`, `drop-dq-q-pairs`: integer tensors kept integer
+  between ONNX Runtime's integer kernels (`fastpath_int8`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from onnx import helper, numpy_helper
 
 from edgediff_export.errors import ExportError
 from edgediff_export.passes._graph import GraphIndex, all_names, attr, remove_unused, unique_name
+from edgediff_export.passes.fastpath_int8 import drop_dq_q_pairs, drop_transpose_pairs, fold_weight_transposes
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -140,6 +143,9 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 PASSES: dict[str, Callable[[onnx.ModelProto], tuple[onnx.ModelProto, int]]] = {
+    "fold-weight-transposes": fold_weight_transposes,
+    "transpose-pairs": drop_transpose_pairs,
+    "drop-dq-q-pairs": drop_dq_q_pairs,
     "groupnorm": groupnorm_to_instancenorm,
     "remove-noop-casts": remove_noop_casts,
 }
