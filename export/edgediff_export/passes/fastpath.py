@@ -15,6 +15,8 @@ one on real model sizes by `bench/speed.py` (docs/export-passes.md section 6).
   inference) is bypassed.
 * `fold-weight-transposes`, `transpose-pairs`, `drop-dq-q-pairs`: integer tensors kept integer
   between ONNX Runtime's integer kernels (`fastpath_int8`).
+* `dynamic-linears`: linears on `MatMulInteger` with per-token dynamic activation quantization
+  (`fastpath_dynamic`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from onnx import helper, numpy_helper
 
 from edgediff_export.errors import ExportError
 from edgediff_export.passes._graph import GraphIndex, all_names, attr, remove_unused, unique_name
+from edgediff_export.passes.fastpath_dynamic import dynamic_linears
 from edgediff_export.passes.fastpath_int8 import drop_dq_q_pairs, drop_transpose_pairs, fold_weight_transposes
 
 
@@ -144,6 +147,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 PASSES: dict[str, Callable[[onnx.ModelProto], tuple[onnx.ModelProto, int]]] = {
     "fold-weight-transposes": fold_weight_transposes,
+    "dynamic-linears": dynamic_linears,
     "transpose-pairs": drop_transpose_pairs,
     "drop-dq-q-pairs": drop_dq_q_pairs,
     "groupnorm": groupnorm_to_instancenorm,
