@@ -42,7 +42,14 @@ from edgediff_runtime.parity import psnr  # final samples lie in [-1, 1]: data r
 
 log = logging.getLogger("bench.speed")
 
-DEFAULT_PASSES = ["remove-noop-casts", "groupnorm"]
+DEFAULT_PASSES = [
+    "fold-weight-transposes",
+    "dynamic-linears",
+    "transpose-pairs",
+    "drop-dq-q-pairs",
+    "groupnorm",
+    "remove-noop-casts",
+]
 
 
 def open_ort(path: Path, threads: int):
@@ -198,7 +205,7 @@ def bench_case(case: ModelCase, args, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["unet-cifar10", "dit-b2"], choices=sorted(CASES))
+    ap.add_argument("--models", nargs="*", default=["unet-cifar10", "dit-b2"], choices=sorted(CASES))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--rounds", type=int, default=20, help="interleaved rounds per denoiser call row")
     ap.add_argument("--e2e-rounds", type=int, default=3, help="interleaved rounds of the 20-step loops")
@@ -208,6 +215,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--psnr-samples", type=int, default=4, help="DDIM samples for the paired sample PSNR")
     ap.add_argument("--passes", nargs="*", default=DEFAULT_PASSES, help="graph passes measured one by one")
     ap.add_argument("--work", default="/tmp/edgediff-speed")
+    ap.add_argument(
+        "--reference-batch", type=int, default=0, help="also time the 1.1M reference UNet at this batch"
+    )
+    ap.add_argument("--reference-work", default="/tmp/edgediff-bench", help="bench.export's bundle cache")
     ap.add_argument("--label", default="", help="a note stored with the results (e.g. 'loaded machine')")
     ap.add_argument("--profile", action="store_true", help="ORT profiler op-type totals at the first batch")
     ap.add_argument("--merge", action="store_true", help="keep other models' entries of an earlier run")
@@ -247,6 +258,15 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         result["models"][name] = entry | {"run": run | host_info()}
         log.info("wrote %s", write_json(args.out, result))
+    if args.reference_batch:
+        from bench._speed_reference import reference_files, reference_rows
+
+        if args.build_only:
+            log.info("reference: %s", reference_files(Path(args.reference_work), args.passes))
+        else:
+            entry = reference_rows(args, Path(args.reference_work), open_ort, interleaved, summarize)
+            result["models"]["reference"] = entry | {"run": run | host_info()}
+            log.info("wrote %s", write_json(args.out, result))
     result["load_average"]["end"] = os.getloadavg()
     if args.build_only:
         return result
