@@ -241,19 +241,48 @@ def build_variants(
             qmodel, ranges = quantize_case(fp, bits.upper(), trajectory(), steps)
             save_model(export_case(qmodel, case, ranges), paths[bits])
     if passes:
-        from edgediff_export.passes.fastpath import apply_passes
-
         todo = [("w8a8", [p]) for p in passes] + [("w8a8", passes), ("ort-fp32", passes)]
         for src, chosen in todo:
             stem = "fp32" if src == "ort-fp32" else src
             key = f"{stem}+{chosen[0] if len(chosen) == 1 and src == 'w8a8' else 'all'}"
-            path = folder / f"{key}-{source_digest(*FASTPATH_CODE)}.onnx"
-            if not path.is_file():
-                result = apply_passes(onnx.load(str(paths[src])), chosen)
-                log.info("%s: %s %s", case.name, key, result.applied)
-                save_model(result.model, path)
-            paths[key] = path
+            paths[key] = folder / f"{key}-{source_digest(*FASTPATH_CODE)}.onnx"
+            log.info("%s: %s %s", case.name, key, passed_file(paths[src], chosen, paths[key]))
     return paths
+
+
+def passed_file(src: Path, chosen: list[str], out: Path) -> dict[str, int]:
+    """`src` after the graph passes `chosen`, saved as `out` (kept when it exists), and how many
+    nodes each pass rewrote (stored beside it as `<out>.passes.json`)."""
+    import json
+
+    from edgediff_export.passes.external_data import save_model
+    from edgediff_export.passes.fastpath import apply_passes
+
+    counts_file = Path(str(out) + ".passes.json")
+    if out.is_file() and counts_file.is_file():
+        return json.loads(counts_file.read_text())
+    result = apply_passes(onnx.load(str(src)), chosen)
+    save_model(result.model, out)
+    counts_file.write_text(json.dumps(result.applied))
+    return result.applied
+
+
+def pass_counts(path: Path) -> dict[str, int] | None:
+    """The rewrite counts `passed_file` stored for `path` (None for a file no pass made)."""
+    import json
+
+    counts_file = Path(str(path) + ".passes.json")
+    return json.loads(counts_file.read_text()) if counts_file.is_file() else None
+
+
+def untimed_rows(paths: dict[str, Path]) -> list[str]:
+    """Rows of one pass that rewrote nothing: the same graph as their source, not timed again."""
+    out = []
+    for key, path in paths.items():
+        counts = pass_counts(path)
+        if counts is not None and len(counts) == 1 and not any(counts.values()):
+            out.append(key)
+    return out
 
 
 def file_bytes(path: Path) -> int:

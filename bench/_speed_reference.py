@@ -11,20 +11,16 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from bench._models import bundle_for, quantized_folder, source_digest
-from bench._speed_build import FASTPATH_CODE, file_bytes, psnr_vs
+from bench._speed_build import FASTPATH_CODE, file_bytes, pass_counts, passed_file, psnr_vs, untimed_rows
 
 log = logging.getLogger(__name__)
 
 
 def reference_files(work: Path, passes: list[str]) -> dict[str, Path]:
     """ONNX files of the reference rows (built once under `work`)."""
-    from edgediff_export.passes.external_data import save_model
-    from edgediff_export.passes.fastpath import apply_passes
-
     work.mkdir(parents=True, exist_ok=True)
     fp = bundle_for(work, "reference", "fp32", fp=True) / "model.onnx"
     w8 = bundle_for(work, quantized_folder(work, "W8A8", symmetric_weights=True), "w8a8-sym", "ort")
@@ -32,12 +28,8 @@ def reference_files(work: Path, passes: list[str]) -> dict[str, Path]:
     tag = source_digest(*FASTPATH_CODE)
     todo = [([p], f"w8a8+{p}") for p in passes] + ([(passes, "w8a8+all")] if len(passes) > 1 else [])
     for chosen, key in todo:
-        path = w8.parent / f"{w8.name}-{key}-{tag}.onnx"
-        if not path.is_file():
-            result = apply_passes(onnx.load(str(paths["w8a8"])), chosen)
-            log.info("reference: %s %s", key, result.applied)
-            save_model(result.model, path)
-        paths[key] = path
+        paths[key] = w8.parent / f"{w8.name}-{key}-{tag}.onnx"
+        log.info("reference: %s %s", key, passed_file(paths["w8a8"], chosen, paths[key]))
     return paths
 
 
@@ -53,11 +45,13 @@ def reference_feeds(backend, batch: int) -> dict[str, np.ndarray]:
     return feeds
 
 
-def reference_rows(args, work: Path, open_ort, interleaved, summarize) -> dict:
+def reference_rows(args, work: Path, rounds: int, open_ort, interleaved, summarize) -> dict:
     """Per-call timing at `args.reference_batch` of every row, output PSNR against PyTorch FP32."""
     from edgediff.reference.model import load_pipeline_parts
 
     paths = reference_files(work, args.passes)
+    skipped = untimed_rows(paths)
+    paths = {k: p for k, p in paths.items() if k not in skipped}
     backends = {k: open_ort(p, args.threads) for k, p in paths.items()}
     unet, _ = load_pipeline_parts("reference")
     unet.eval()
@@ -72,13 +66,15 @@ def reference_rows(args, work: Path, open_ort, interleaved, summarize) -> dict:
     ref = torch_call()
     calls = {"torch-fp32": torch_call}
     calls |= {k: (lambda b=b, feeds=f[k]: b.run(feeds)) for k, b in backends.items()}
-    log.info("reference batch %d: timing %d rows x %d rounds", batch, len(calls), args.rounds)
-    timing = summarize(interleaved(calls, args.rounds), "ort-fp32")
+    log.info("reference batch %d: timing %d rows x %d rounds", batch, len(calls), rounds)
+    timing = summarize(interleaved(calls, rounds), "ort-fp32")
     out_name = {k: b.output_names[0] for k, b in backends.items()}
     quality = {k: psnr_vs(ref, b.run(f[k])[out_name[k]]) for k, b in backends.items()}
     return {
         "params_m": sum(p.numel() for p in unet.parameters()) / 1e6,
         "bytes": {k: file_bytes(p) for k, p in paths.items()},
+        "passes": {k: pass_counts(p) for k, p in paths.items() if pass_counts(p) is not None},
+        "untimed_no_rewrite": skipped,
         "calls": {batch: timing},
         "psnr_call_db": {batch: quality},
     }

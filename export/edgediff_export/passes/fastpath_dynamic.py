@@ -12,7 +12,8 @@ The uint8 container with a constant zero point 128 holds the symmetric int8 code
 the unsigned-times-signed form ONNX Runtime's x86 integer GEMM is fastest with, while the scale
 stays per token (ONNX's `DynamicQuantizeLinear` has one scale per tensor). The static activation
 range of the calibrated graph is not used: each token is quantized to its own range.
-Only MatMuls with a 2-D constant int8/uint8 weight (block_size 0) are rewritten.
+Only MatMuls (and Gemms with alpha = beta = 1, transA = 0: + C after the scales) with a 2-D
+constant int8/uint8 weight (block_size 0) are rewritten.
 """
 
 from __future__ import annotations
@@ -41,6 +42,37 @@ def _float_source(idx: GraphIndex, name: str) -> str:
     return name
 
 
+def _weight(idx: GraphIndex, node: onnx.NodeProto) -> tuple[str | None, np.ndarray, str, str] | None:
+    """(codes [K, N] name or None when they need a transpose, weight scale, zero point name, Gemm
+    bias name) of a linear this pass rewrites: a MatMul, or a Gemm y = A B' + C with alpha = beta = 1
+    and transA = 0, whose B is a DequantizeLinear of constant 2-D int8 codes with one scale per
+    tensor or per output channel."""
+    if _is_std(node, "MatMul"):
+        trans_b, bias = False, ""
+    elif _is_std(node, "Gemm"):
+        if float(attr(node, "alpha", 1.0)) != 1.0 or int(attr(node, "transA", 0)) != 0:
+            return None
+        bias = node.input[2] if len(node.input) > 2 else ""
+        if bias and float(attr(node, "beta", 1.0)) != 1.0:
+            return None
+        trans_b = bool(attr(node, "transB", 0))
+    else:
+        return None
+    dq = idx.producer.get(node.input[1])
+    if not _is_std(dq, "DequantizeLinear") or int(attr(dq, "block_size", 0)) != 0:
+        return None
+    codes, scale = idx.value(dq.input[0]), idx.value(dq.input[1])
+    if codes is None or scale is None or codes.ndim != 2:
+        return None
+    if idx.elem_type(dq.input[0]) not in (TensorProto.INT8, TensorProto.UINT8):
+        return None
+    out_axis = 0 if trans_b else 1  # the output-channel axis of the stored codes
+    if scale.size > 1 and int(attr(dq, "axis", 1)) % 2 != out_axis:
+        return None  # a per-input-channel weight scale cannot be applied after the sum
+    zero_point = dq.input[2] if len(dq.input) > 2 else ""
+    return (None if trans_b else dq.input[0]), scale, zero_point, bias
+
+
 def dynamic_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """Rewrite every eligible linear (module docstring); returns the model and the count."""
     model, _ = fold_weight_transposes(model)  # the exporter writes x @ Transpose(DQ(W))
@@ -56,18 +88,15 @@ def dynamic_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     }
     replace: dict[int, list[onnx.NodeProto]] = {}
     for pos, node in enumerate(graph.node):
-        if not _is_std(node, "MatMul"):
+        weight = _weight(idx, node)
+        if weight is None:
             continue
-        dq = idx.producer.get(node.input[1])
-        if not _is_std(dq, "DequantizeLinear") or int(attr(dq, "block_size", 0)) != 0:
-            continue
-        codes, scale = idx.value(dq.input[0]), idx.value(dq.input[1])
-        if codes is None or scale is None or codes.ndim != 2:
-            continue
-        if idx.elem_type(dq.input[0]) not in (TensorProto.INT8, TensorProto.UINT8):
-            continue
-        if scale.size > 1 and int(attr(dq, "axis", 1)) % 2 != 1:
-            continue  # a per-row (input-channel) weight scale cannot be applied after the sum
+        codes_name, scale, zero_point, bias = weight
+        if codes_name is None:  # a Gemm with transB = 1: store the codes as [K, N]
+            dq = idx.producer[node.input[1]]
+            codes = idx.value(dq.input[0])
+            codes_name = unique_name(f"{dq.input[0]}_kn", taken)
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(codes.T), codes_name))
         x = _float_source(idx, node.input[0])
         base = node.name or node.output[0]
         t = {
@@ -78,9 +107,7 @@ def dynamic_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             scale.astype(np.float32).reshape(-1), unique_name(f"{base}_ws", taken)
         )
         graph.initializer.append(w_scale)
-        mm_inputs = [t["q"], dq.input[0], shared["zp"].name]
-        if len(dq.input) > 2 and dq.input[2]:
-            mm_inputs.append(dq.input[2])
+        mm_inputs = [t["q"], codes_name, shared["zp"].name] + ([zero_point] if zero_point else [])
 
         def mk(op, ins, out, **kw):
             return helper.make_node(op, ins, [out], name=unique_name(f"{out}_op", taken), **kw)
@@ -95,8 +122,12 @@ def dynamic_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             mk("MatMulInteger", mm_inputs, t["acc"]),
             mk("Cast", [t["acc"]], t["f"], to=TensorProto.FLOAT),
             mk("Mul", [t["f"], t["sc"]], t["m"]),
-            mk("Mul", [t["m"], w_scale.name], node.output[0]),
         ]
+        if bias:
+            out = unique_name(f"{base}_dyn_y", taken)
+            replace[pos] += [mk("Mul", [t["m"], w_scale.name], out), mk("Add", [out, bias], node.output[0])]
+        else:
+            replace[pos].append(mk("Mul", [t["m"], w_scale.name], node.output[0]))
     if replace:
         graph.initializer.extend(shared.values())
         nodes = [n for pos, old in enumerate(graph.node) for n in replace.get(pos, [old])]

@@ -94,3 +94,39 @@ def test_dynamic_linears_leaves_activation_products():
     model = make_model(nodes, [vi("a", [2, 3]), vi("b", [3, 4])], [vi("y", [2, 4])], [], opset=21)
     assert dynamic_linears(model)[1] == 0
     assert apply_passes(model, ["dynamic-linears"]).applied == {"dynamic-linears": 0}
+
+
+def _gemm_model(seed: int = 2):
+    """x [6, 16] -> Q/DQ -> Gemm(., DQ(W [8, 16]), b, transB=1): the exporter's form of some linears."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(-127, 128, size=(8, 16)).astype(np.int8)
+    w_scale = rng.uniform(0.01, 0.04, 8).astype(np.float32)
+    bias = rng.normal(size=8).astype(np.float32)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w", "ws"], ["wd"], axis=0),
+        helper.make_node("Gemm", ["xd", "wd", "b"], ["y"], transB=1),
+    ]
+    inits = [
+        numpy_helper.from_array(np.float32(X_SCALE), "xs"),
+        numpy_helper.from_array(np.uint8(128), "xz"),
+        numpy_helper.from_array(codes, "w"),
+        numpy_helper.from_array(w_scale, "ws"),
+        numpy_helper.from_array(bias, "b"),
+    ]
+    model = make_model(nodes, [vi("x", [6, 16])], [vi("y", [6, 8])], inits, opset=21)
+    return model, codes.astype(np.float64) * w_scale[:, None].astype(np.float64), bias
+
+
+def test_dynamic_linears_rewrites_gemm_with_bias():
+    model, weight, bias = _gemm_model()
+    out, count = dynamic_linears(model)
+    assert count == 1 and "Gemm" not in [n.op_type for n in out.graph.node]
+    onnx.checker.check_model(out, full_check=True)
+    x = np.random.default_rng(7).normal(size=(6, 16)).astype(np.float32)
+    got = _run(out, {"x": x})
+    np.testing.assert_allclose(got, _per_token_reference(x, weight, bias), rtol=1e-5, atol=1e-4)
+    alpha = helper.make_attribute("alpha", 0.5)  # a scaled Gemm is not a plain linear: left alone
+    model.graph.node[-1].attribute.append(alpha)
+    assert dynamic_linears(model)[1] == 0
