@@ -31,15 +31,21 @@ from bench._speed_models import ModelCase
 log = logging.getLogger(__name__)
 
 PASSES_DIR = ROOT / "export" / "edgediff_export" / "passes"
-#: The float/integer graph passes measured one by one: only the `+pass` files depend on them.
-FASTPATH_CODE = tuple(sorted(PASSES_DIR.glob("fastpath*.py")))
+
+
+def fastpath_code() -> tuple[Path, ...]:
+    """The graph-pass modules measured one by one: only the `+pass` files depend on them (listed
+    when asked, so a module added while a process runs is not counted as export code)."""
+    return tuple(sorted(PASSES_DIR.glob("fastpath*.py")))
+
+
 MODELS_CODE = ROOT / "bench" / "_speed_models.py"
 
 
 def _base_digest(calib_samples: int, steps: int) -> str:
     """What the base files depend on: quantization and export code (without the float passes, which
     only the `+pass` files depend on), the model configs and the calibration settings."""
-    export = [f for f in sorted(EXPORT_CODE[0].rglob("*.py")) if f not in FASTPATH_CODE]
+    export = [f for f in sorted(EXPORT_CODE[0].rglob("*.py")) if f not in fastpath_code()]
     return source_digest(*QUANT_CODE, *export, MODELS_CODE, f"{calib_samples}-{steps}")
 
 
@@ -241,13 +247,23 @@ def build_variants(
             qmodel, ranges = quantize_case(fp, bits.upper(), trajectory(), steps)
             save_model(export_case(qmodel, case, ranges), paths[bits])
     if passes:
-        todo = [("w8a8", [p]) for p in passes] + [("w8a8", passes), ("ort-fp32", passes)]
+        combined = combined_passes(passes)
+        todo = [("w8a8", [p]) for p in passes] + [("w8a8", combined), ("ort-fp32", combined)]
         for src, chosen in todo:
             stem = "fp32" if src == "ort-fp32" else src
             key = f"{stem}+{chosen[0] if len(chosen) == 1 and src == 'w8a8' else 'all'}"
-            paths[key] = folder / f"{key}-{source_digest(*FASTPATH_CODE)}.onnx"
+            paths[key] = folder / f"{key}-{source_digest(*fastpath_code())}.onnx"
             log.info("%s: %s %s", case.name, key, passed_file(paths[src], chosen, paths[key]))
     return paths
+
+
+#: Passes measured on their own only: each is an alternative to another one in `w8a8+all`.
+ALTERNATIVE_PASSES = ("dynamic-linears-sym",)
+
+
+def combined_passes(passes: list[str]) -> list[str]:
+    """The passes of the `+all` rows: all of `passes` but the alternatives."""
+    return [p for p in passes if p not in ALTERNATIVE_PASSES]
 
 
 def passed_file(src: Path, chosen: list[str], out: Path) -> dict[str, int]:

@@ -14,7 +14,15 @@ import numpy as np
 import torch
 
 from bench._models import bundle_for, quantized_folder, source_digest
-from bench._speed_build import FASTPATH_CODE, file_bytes, pass_counts, passed_file, psnr_vs, untimed_rows
+from bench._speed_build import (
+    combined_passes,
+    fastpath_code,
+    file_bytes,
+    pass_counts,
+    passed_file,
+    psnr_vs,
+    untimed_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +33,9 @@ def reference_files(work: Path, passes: list[str]) -> dict[str, Path]:
     fp = bundle_for(work, "reference", "fp32", fp=True) / "model.onnx"
     w8 = bundle_for(work, quantized_folder(work, "W8A8", symmetric_weights=True), "w8a8-sym", "ort")
     paths = {"ort-fp32": fp, "w8a8": w8 / "model.onnx"}
-    tag = source_digest(*FASTPATH_CODE)
-    todo = [([p], f"w8a8+{p}") for p in passes] + ([(passes, "w8a8+all")] if len(passes) > 1 else [])
+    tag = source_digest(*fastpath_code())
+    combined = combined_passes(passes)
+    todo = [([p], f"w8a8+{p}") for p in passes] + ([(combined, "w8a8+all")] if len(combined) > 1 else [])
     for chosen, key in todo:
         paths[key] = w8.parent / f"{w8.name}-{key}-{tag}.onnx"
         log.info("reference: %s %s", key, passed_file(paths["w8a8"], chosen, paths[key]))

@@ -45,6 +45,7 @@ log = logging.getLogger("bench.speed")
 DEFAULT_PASSES = [
     "fold-weight-transposes",
     "dynamic-linears",
+    "dynamic-linears-sym",
     "transpose-pairs",
     "drop-dq-q-pairs",
     "groupnorm",
@@ -401,7 +402,8 @@ def write_docs(result: dict) -> None:
         "Rows: "
         + "; ".join(f"`{k}` {v}" for k, v in ROW_NOTES.items())
         + "; `w8a8+<pass>` our W8A8 after one graph pass of `edgediff_export.passes.fastpath`, `w8a8+all` "
-        "after all (docs/export-passes.md section 6); the `passes` column lists the passes a row went "
+        "after all but `dynamic-linears-sym` (an alternative to `dynamic-linears`; "
+        "docs/export-passes.md section 6); the `passes` column lists the passes a row went "
         "through with the nodes each rewrote. A single pass that rewrote nothing gives the `w8a8` graph "
         "again and is not timed (listed under each model).\n",
         f"Machine load average (1, 5, 15 min) at the start {_load(result, 'start')} and the end "

@@ -12,6 +12,12 @@ The uint8 container with a constant zero point 128 holds the symmetric int8 code
 the unsigned-times-signed form ONNX Runtime's x86 integer GEMM is fastest with, while the scale
 stays per token (ONNX's `DynamicQuantizeLinear` has one scale per tensor). The static activation
 range of the calibrated graph is not used: each token is quantized to its own range.
+When the activation already is the exporter's own fake quantization (per-token dynamic ranges of
+transformer recipes, `fake_quant_math`: `Mul(Sub(Clip(Add(Round(Div(x, s)), z), 0, 255), z), s)`),
+its integer codes are used as they are and the zero point is taken out after the product:
+y = s w_s (MatMulInteger(q, W, 0, w_z) - z sum_k (W_kn - w_z)), the same value as the float graph
+up to float rounding, with the bundle's calibrated quantizer unchanged.
+
 Only MatMuls (and Gemms with alpha = beta = 1, transA = 0: + C after the scales) with a 2-D
 constant int8/uint8 weight (block_size 0) are rewritten.
 """
@@ -40,6 +46,35 @@ def _float_source(idx: GraphIndex, name: str) -> str:
         if _is_std(q, "QuantizeLinear"):
             return q.input[0]
     return name
+
+
+def _token_codes(idx: GraphIndex, name: str) -> tuple[str, str, str, int, str] | None:
+    """(codes, zero point, scale, container type, float input) when `name` is the exporter's (per-token) fake
+    quantization `Mul(Sub(Clip(Add(Round(Div(x, s)), z), lo, hi), z), s)` (edgediff.quant.primitives:
+    fake_quant_math) with constant bounds 0..255 or -128..127: its Clip output holds the integer codes."""
+    mul = idx.producer.get(name)
+    if not _is_std(mul, "Mul"):
+        return None
+    for k in (0, 1):
+        sub, scale = idx.producer.get(mul.input[k]), mul.input[1 - k]
+        if not _is_std(sub, "Sub"):
+            continue
+        clip, zero = idx.producer.get(sub.input[0]), sub.input[1]
+        if not _is_std(clip, "Clip") or len(clip.input) < 3:
+            continue
+        lo, hi = idx.value(clip.input[1]), idx.value(clip.input[2])
+        if lo is None or hi is None:
+            continue
+        bounds = (float(lo), float(hi))
+        kind = {(0.0, 255.0): TensorProto.UINT8, (-128.0, 127.0): TensorProto.INT8}.get(bounds)
+        add = idx.producer.get(clip.input[0])
+        if kind is None or not _is_std(add, "Add") or zero not in add.input:
+            continue
+        rnd = idx.producer.get(add.input[1 - list(add.input).index(zero)])
+        div = idx.producer.get(rnd.input[0]) if _is_std(rnd, "Round") else None
+        if _is_std(div, "Div") and div.input[1] == scale:
+            return clip.output[0], zero, scale, kind, div.input[0]
+    return None
 
 
 def _weight(idx: GraphIndex, node: onnx.NodeProto) -> tuple[str | None, np.ndarray, str, str] | None:
@@ -73,8 +108,12 @@ def _weight(idx: GraphIndex, node: onnx.NodeProto) -> tuple[str | None, np.ndarr
     return (None if trans_b else dq.input[0]), scale, zero_point, bias
 
 
-def dynamic_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Rewrite every eligible linear (module docstring); returns the model and the count."""
+def dynamic_linears(model: onnx.ModelProto, reuse_codes: bool = True) -> tuple[onnx.ModelProto, int]:
+    """Rewrite every eligible linear (module docstring); returns the model and the count.
+
+    `reuse_codes=False` (pass `dynamic-linears-sym`): the exported fake quantization of an activation
+    is bypassed as well and every linear gets the symmetric per-token quantizer from its float input
+    (fewer float ops; a different activation quantizer, so outputs change by its rounding)."""
     model, _ = fold_weight_transposes(model)  # the exporter writes x @ Transpose(DQ(W))
     graph = model.graph
     idx = GraphIndex(graph)
@@ -97,8 +136,18 @@ def dynamic_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             codes = idx.value(dq.input[0])
             codes_name = unique_name(f"{dq.input[0]}_kn", taken)
             graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(codes.T), codes_name))
-        x = _float_source(idx, node.input[0])
         base = node.name or node.output[0]
+
+        def mk(op, ins, out, **kw):
+            return helper.make_node(op, ins, [out], name=unique_name(f"{out}_op", taken), **kw)
+
+        token = _token_codes(idx, node.input[0])
+        if token is not None and reuse_codes:
+            replace[pos] = _exact_nodes(
+                graph, idx, node, token, codes_name, scale, zero_point, bias, taken, mk
+            )
+            continue
+        x = token[4] if token is not None else _float_source(idx, node.input[0])
         t = {
             k: unique_name(f"{base}_dyn_{k}", taken)
             for k in ("abs", "max", "s", "sc", "xs", "q", "acc", "f", "m")
@@ -108,9 +157,6 @@ def dynamic_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         )
         graph.initializer.append(w_scale)
         mm_inputs = [t["q"], codes_name, shared["zp"].name] + ([zero_point] if zero_point else [])
-
-        def mk(op, ins, out, **kw):
-            return helper.make_node(op, ins, [out], name=unique_name(f"{out}_op", taken), **kw)
 
         replace[pos] = [
             mk("Abs", [x], t["abs"]),
@@ -137,4 +183,41 @@ def dynamic_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     return model, len(replace)
 
 
-__all__ = ["dynamic_linears"]
+def _exact_nodes(graph, idx, node, token, codes_name, scale, zero_point, bias, taken, mk) -> list:
+    """The linear on the activation codes the exported graph already computes (fake_quant_math):
+    y = s_x w_s (sum_k q_k (W_kn - w_z) - z_x sum_k (W_kn - w_z)), one integer product, exact."""
+    codes_src, zero, x_scale, kind, _ = token
+    base = node.name or node.output[0]
+    t = {k: unique_name(f"{base}_tok_{k}", taken) for k in ("q", "acc", "f", "zc", "c", "m", "y")}
+    codes = idx.value(codes_name) if codes_name in idx.initializers else None
+    if codes is None:  # transposed by this pass: find the new initializer
+        codes = numpy_helper.to_array(next(i for i in graph.initializer if i.name == codes_name))
+    wz = idx.value(zero_point) if zero_point else None
+    centred = codes.astype(np.int64) - (0 if wz is None else wz.astype(np.int64).reshape(1, -1))
+    colsum = numpy_helper.from_array(
+        centred.sum(axis=0).astype(np.float32), unique_name(f"{base}_colsum", taken)
+    )
+    w_scale = numpy_helper.from_array(scale.astype(np.float32).reshape(-1), unique_name(f"{base}_ws", taken))
+    graph.initializer.extend([colsum, w_scale])
+    mm_inputs = [t["q"], codes_name] + (["", zero_point] if zero_point else [])
+    out = [
+        mk("Cast", [codes_src], t["q"], to=kind),
+        mk("MatMulInteger", mm_inputs, t["acc"]),
+        mk("Cast", [t["acc"]], t["f"], to=TensorProto.FLOAT),
+        mk("Mul", [zero, colsum.name], t["zc"]),
+        mk("Sub", [t["f"], t["zc"]], t["c"]),
+        mk("Mul", [t["c"], x_scale], t["m"]),
+    ]
+    if bias:
+        out += [mk("Mul", [t["m"], w_scale.name], t["y"]), mk("Add", [t["y"], bias], node.output[0])]
+    else:
+        out.append(mk("Mul", [t["m"], w_scale.name], node.output[0]))
+    return out
+
+
+def dynamic_linears_sym(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """`dynamic_linears` with its own symmetric per-token quantizer on every linear."""
+    return dynamic_linears(model, reuse_codes=False)
+
+
+__all__ = ["dynamic_linears", "dynamic_linears_sym"]
