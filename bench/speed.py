@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--merge", action="store_true", help="keep other models' entries of an earlier run")
     ap.add_argument("--build-only", action="store_true", help="build (cache) the ONNX files only")
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--docs-only", action="store_true", help="rewrite the docs section from the JSON")
     ap.add_argument("--out", default="speed", help="results name under bench/results/")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -258,6 +259,11 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     import onnxruntime
 
+    if args.docs_only:
+        saved = json.loads((report.RESULTS_DIR / f"{args.out}.json").read_text())
+        write_docs(saved)
+        plot(saved)
+        return saved
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     result = {
@@ -275,6 +281,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.merge and previous.is_file():
         earlier = json.loads(previous.read_text())
         result["models"] = earlier.get("models", {})  # each entry records its own run settings
+        for m in result["models"].values():  # and the load of the run that measured it
+            m.setdefault("load_average", earlier.get("load_average", {}))
     run = {k: result[k] for k in ("label", "threads", "rounds", "e2e_rounds", "steps", "calib_samples")}
     result["load_average"] = {"start": os.getloadavg()}
     for name in args.models:
@@ -282,7 +290,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.build_only:
             log.info("%s: %s", name, entry["files"])
             continue
-        result["models"][name] = entry | {"run": run | host_info()}
+        load = {"start": result["load_average"]["start"], "end": os.getloadavg()}
+        result["models"][name] = entry | {"run": run | host_info(), "load_average": load}
         log.info("wrote %s", write_json(args.out, result))
     if args.reference_batch:
         from bench._speed_reference import reference_files, reference_rows
@@ -292,7 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             rounds = rounds_for(args, args.reference_batch)
             entry = reference_rows(args, Path(args.reference_work), rounds, open_ort, interleaved, summarize)
-            result["models"]["reference"] = entry | {"run": run | host_info()}
+            load = {"start": result["load_average"]["start"], "end": os.getloadavg()}
+            result["models"]["reference"] = entry | {"run": run | host_info(), "load_average": load}
             log.info("wrote %s", write_json(args.out, result))
     result["load_average"]["end"] = os.getloadavg()
     if args.build_only:
@@ -404,10 +414,10 @@ def write_docs(result: dict) -> None:
         + "; `w8a8+<pass>` our W8A8 after one graph pass of `edgediff_export.passes.fastpath`, `w8a8+all` "
         "after all but `dynamic-linears-sym` (an alternative to `dynamic-linears`; "
         "docs/export-passes.md section 6); the `passes` column lists the passes a row went "
-        "through with the nodes each rewrote. A single pass that rewrote nothing gives the `w8a8` graph "
+        "through with the nodes each rewrote. A row whose passes rewrote nothing is its source graph "
         "again and is not timed (listed under each model).\n",
-        f"Machine load average (1, 5, 15 min) at the start {_load(result, 'start')} and the end "
-        f"{_load(result, 'end')} of the run (other jobs shared the cores).\n",
+        "Machine load average (1, 5, 15 min) at the start and the end of the run that measured each "
+        "model is given under its heading (other jobs shared the 2 cores).\n",
     ]
     targets = []
     for name, m in result["models"].items():
@@ -419,7 +429,7 @@ def write_docs(result: dict) -> None:
             + (f" ({m['qdq_calib_samples']} for `ort-qdq`)" if "qdq_calib_samples" in m else "")
             + f", {run.get('date')}"
             + (f", **{run['label']}**" if run.get("label") else "")
-            + "\n"
+            + f"; load average {_load(m, 'start')} at the start, {_load(m, 'end')} at the end\n"
         )
         for batch, calls in m["calls"].items():
             rows = [
