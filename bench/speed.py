@@ -76,9 +76,10 @@ def feeds(case: ModelCase, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     return out | {k: v.numpy() for k, v in case.extra_inputs(batch, seed).items()}
 
 
-def interleaved(calls: dict[str, callable], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each row; one warm-up, then `rounds` rounds of every row in turn."""
-    for fn in calls.values():
+def interleaved(calls: dict[str, callable], rounds: int, warm_up: bool = True) -> dict[str, list[float]]:
+    """Seconds per call of each row; one warm-up (unless `warm_up` is False: a sampling loop warms
+    itself on its first step), then `rounds` rounds of every row in turn."""
+    for fn in calls.values() if warm_up else []:
         fn()
     times: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
@@ -162,7 +163,7 @@ def loop_rows(case: ModelCase, fp, backends: dict, paths: dict, batch: int, args
     for k in rows:
         loops[k] = partial(_runtime_final, case, backends[k], paths[k], args.steps, noise, cond)
     log.info("%s batch %d: end to end, %d rounds", case.name, batch, args.e2e_rounds)
-    return summarize(interleaved(loops, args.e2e_rounds), "torch-fp32")
+    return summarize(interleaved(loops, args.e2e_rounds, warm_up=False), "torch-fp32")
 
 
 def sample_psnr(case: ModelCase, fp, backends: dict, paths: dict, samples: int, steps: int) -> dict:
@@ -180,6 +181,7 @@ def bench_case(case: ModelCase, args, work: Path) -> dict:
     if args.build_only:
         return {"files": {k: str(p) for k, p in paths.items()}}
     skipped = untimed_rows(paths)
+    untimed_counts = {k: pass_counts(paths[k]) for k in skipped}
     paths = {k: p for k, p in paths.items() if k not in skipped}
     fp = case.build()
     backends = {k: open_ort(p, args.threads) for k, p in paths.items()}
@@ -189,6 +191,7 @@ def bench_case(case: ModelCase, args, work: Path) -> dict:
         "bytes": {k: file_bytes(p) for k, p in paths.items()},
         "passes": {k: pass_counts(p) for k, p in paths.items() if pass_counts(p) is not None},
         "untimed_no_rewrite": skipped,
+        "passes_untimed": untimed_counts,
         "qdq_calib_samples": min(case.qdq_calib_samples or args.calib_samples, args.calib_samples),
         "calls": {},
         "psnr_call_db": {},

@@ -57,10 +57,11 @@ def test_speed_bench_runs_on_tiny_models(tmp_path, monkeypatch):
 
 def _check_case(m: dict) -> None:
     rows = set(m["calls"][2])
-    expected = {"torch-fp32", "ort-fp32", "ort-qdq", "w8a8", "w4a8", "w8a8+all", "fp32+all"}
-    assert expected <= rows
+    assert {"torch-fp32", "ort-fp32", "ort-qdq", "w8a8", "w4a8", "w8a8+all"} <= rows
     untimed = set(m["untimed_no_rewrite"])
-    assert rows | untimed >= {f"w8a8+{p}" for p in DEFAULT_PASSES} and not rows & untimed
+    assert rows | untimed >= {f"w8a8+{p}" for p in DEFAULT_PASSES} | {"fp32+all"} and not rows & untimed
+    for row in untimed:  # untimed only when no pass of the row changed a node
+        assert not any(m["passes_untimed"][row].values())
     assert m["psnr_call_db"][2][NO_BINDING] == m["psnr_call_db"][2]["w8a8"]  # same graph, other call path
     for row in rows - {"torch-fp32", "ort-fp32", "ort-qdq", "w8a8", "w4a8", NO_BINDING}:  # pass rows: passes
         assert m["passes"][row] and (row.endswith("+all") or any(m["passes"][row].values()))
@@ -68,9 +69,7 @@ def _check_case(m: dict) -> None:
         assert c["min_ms"] > 0 and c["min_ms"] <= c["median_ms"]
         assert math.isclose(c["speedup_vs_ort-fp32"], m["calls"][2]["ort-fp32"]["min_ms"] / c["min_ms"])
     quality = m["psnr_call_db"][2]
-    assert (
-        quality["ort-fp32"] > 80 and quality["fp32+all"] > 80
-    )  # the export (and the float passes) = PyTorch
+    assert quality["ort-fp32"] > 80 and quality.get("fp32+all", 100) > 80  # export (+ float passes) = PyTorch
     assert all(10 < quality[k] < 80 for k in ("ort-qdq", "w8a8", "w4a8"))  # quantized: close, not equal
     assert quality["w8a8+all"] > quality["w8a8"] - 1.0  # passes keep (dynamic-linears: refine) the outputs
     assert m["psnr_sample_db"]["ort-fp32"] > 40  # 3 DDIM steps of a random model amplify rounding
