@@ -338,9 +338,9 @@ INTEGER_OPS = {
     "DynamicQuantizeMatMul",
     "QLinearMatMul",
     "QGemm",
-    "MatMulNBits",
 }
-FLOAT_MATRIX_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
+# MatMulNBits holds int weights but multiplies in float (accuracy level 0): a float matrix product
+FLOAT_MATRIX_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "MatMulNBits"}
 
 
 def _best_ours(calls: dict) -> str:
@@ -349,8 +349,9 @@ def _best_ours(calls: dict) -> str:
 
 
 #: The configurations the targets are checked on, fixed in advance (the fastest of many noisy pass
-#: rows would be biased upward): the W8A8 bundle as exported and after all passes.
-TARGET_ROWS = ("w8a8", "w8a8+all")
+#: rows would be biased upward): the W8A8 bundle as exported, after all passes, and with the
+#: alternative activation quantizer of `dynamic-linears-sym` (its PSNR is in the same table).
+TARGET_ROWS = ("w8a8", "w8a8+all", "w8a8+dynamic-linears-sym")
 
 
 def target_rows(name: str, m: dict) -> list[list]:
@@ -476,7 +477,7 @@ def write_docs(result: dict) -> None:
             parts.append("Where the time goes (share of all kernel time):\n")
             parts.append(
                 markdown_table(
-                    ["row", "integer kernels", "float Conv/MatMul/Gemm", "other float ops"],
+                    ["row", "integer kernels", "float Conv/MatMul/Gemm/MatMulNBits", "other float ops"],
                     [[k, *_shares(p)] for k, p in prof.items()],
                 )
                 + "\n"
