@@ -30,14 +30,22 @@ from bench._speed_models import ModelCase
 
 log = logging.getLogger(__name__)
 
-FASTPATH_CODE = ROOT / "export" / "edgediff_export" / "passes" / "fastpath.py"
+PASSES_DIR = ROOT / "export" / "edgediff_export" / "passes"
+
+
+def fastpath_code() -> tuple[Path, ...]:
+    """The graph-pass modules measured one by one: only the `+pass` files depend on them (listed
+    when asked, so a module added while a process runs is not counted as export code)."""
+    return tuple(sorted(PASSES_DIR.glob("fastpath*.py")))
+
+
 MODELS_CODE = ROOT / "bench" / "_speed_models.py"
 
 
 def _base_digest(calib_samples: int, steps: int) -> str:
     """What the base files depend on: quantization and export code (without the float passes, which
     only the `+pass` files depend on), the model configs and the calibration settings."""
-    export = [f for f in sorted(EXPORT_CODE[0].rglob("*.py")) if f != FASTPATH_CODE]
+    export = [f for f in sorted(EXPORT_CODE[0].rglob("*.py")) if f not in fastpath_code()]
     return source_digest(*QUANT_CODE, *export, MODELS_CODE, f"{calib_samples}-{steps}")
 
 
@@ -49,6 +57,15 @@ class Trajectory:
     t: torch.Tensor
     cond: dict[str, torch.Tensor]
     final: torch.Tensor
+    samples: int = 0  # N: the trajectory holds steps x N inputs, step-major
+
+    def first(self, k: int) -> Trajectory:
+        """The inputs of the first `k` of the N trajectories (all steps)."""
+        if k >= self.samples:
+            return self
+        keep = torch.arange(len(self.t)) % self.samples < k
+        cond = {name: v[keep] for name, v in self.cond.items()}
+        return Trajectory(self.x[keep], self.t[keep], cond, self.final[:k], k)
 
 
 @torch.no_grad()
@@ -81,6 +98,7 @@ def torch_ddim(
         t=torch.cat(ts) if ts else torch.zeros(0, dtype=torch.long),
         cond={k: v.repeat(n, *[1] * (v.dim() - 1)) for k, v in cond.items()} if xs else {},
         final=x.clamp(-1, 1),
+        samples=x.shape[0],
     )
 
 
@@ -186,14 +204,24 @@ def ort_quantize_static(fp_path: Path, out: Path, traj: Trajectory) -> None:
 
 
 def build_variants(
-    case: ModelCase, work: Path, calib_samples: int, steps: int, passes: list[str]
+    case: ModelCase,
+    work: Path,
+    calib_samples: int,
+    steps: int,
+    passes: list[str],
+    qdq_samples: int | None = None,
 ) -> dict[str, Path]:
-    """All ONNX files for `case` under `work` (reused when the code and settings are unchanged)."""
+    """All ONNX files for `case` under `work` (reused when the code and settings are unchanged).
+
+    `qdq_samples`: how many of the calibration trajectories ORT's `quantize_static` reads (default
+    all); fewer keep its calibrator's memory bounded on the transformers."""
     from edgediff_export.passes.external_data import save_model
 
     folder = Path(work) / f"{case.name}-{_base_digest(calib_samples, steps)}"
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"ort-fp32": folder / "fp32.onnx", "ort-qdq": folder / "ort-qdq.onnx"}
+    qdq_samples = calib_samples if qdq_samples is None else min(qdq_samples, calib_samples)
+    qdq_name = "ort-qdq.onnx" if qdq_samples == calib_samples else f"ort-qdq-c{qdq_samples}.onnx"
+    paths = {"ort-fp32": folder / "fp32.onnx", "ort-qdq": folder / qdq_name}
     paths |= {b: folder / f"{b}.onnx" for b in ("w8a8", "w4a8")}
     fp = case.build()
     traj = None
@@ -211,7 +239,7 @@ def build_variants(
     if not paths["ort-qdq"].is_file():
         log.info("%s: onnxruntime quantize_static", case.name)
         tmp = paths["ort-qdq"].with_suffix(".tmp.onnx")
-        ort_quantize_static(paths["ort-fp32"], tmp, trajectory())
+        ort_quantize_static(paths["ort-fp32"], tmp, trajectory().first(qdq_samples))
         tmp.replace(paths["ort-qdq"])
     for bits in ("w8a8", "w4a8"):
         if not paths[bits].is_file():
@@ -219,19 +247,58 @@ def build_variants(
             qmodel, ranges = quantize_case(fp, bits.upper(), trajectory(), steps)
             save_model(export_case(qmodel, case, ranges), paths[bits])
     if passes:
-        from edgediff_export.passes.fastpath import apply_passes
-
-        todo = [("w8a8", [p]) for p in passes] + [("w8a8", passes), ("ort-fp32", passes)]
+        combined = combined_passes(passes)
+        todo = [("w8a8", [p]) for p in passes] + [("w8a8", combined), ("ort-fp32", combined)]
         for src, chosen in todo:
             stem = "fp32" if src == "ort-fp32" else src
             key = f"{stem}+{chosen[0] if len(chosen) == 1 and src == 'w8a8' else 'all'}"
-            path = folder / f"{key}-{source_digest(FASTPATH_CODE)}.onnx"
-            if not path.is_file():
-                result = apply_passes(onnx.load(str(paths[src])), chosen)
-                log.info("%s: %s %s", case.name, key, result.applied)
-                save_model(result.model, path)
-            paths[key] = path
+            paths[key] = folder / f"{key}-{source_digest(*fastpath_code())}.onnx"
+            log.info("%s: %s %s", case.name, key, passed_file(paths[src], chosen, paths[key]))
     return paths
+
+
+#: Passes measured on their own only: each is an alternative to another one in `w8a8+all`.
+ALTERNATIVE_PASSES = ("dynamic-linears-sym",)
+
+
+def combined_passes(passes: list[str]) -> list[str]:
+    """The passes of the `+all` rows: all of `passes` but the alternatives."""
+    return [p for p in passes if p not in ALTERNATIVE_PASSES]
+
+
+def passed_file(src: Path, chosen: list[str], out: Path) -> dict[str, int]:
+    """`src` after the graph passes `chosen`, saved as `out` (kept when it exists), and how many
+    nodes each pass rewrote (stored beside it as `<out>.passes.json`)."""
+    import json
+
+    from edgediff_export.passes.external_data import save_model
+    from edgediff_export.passes.fastpath import apply_passes
+
+    counts_file = Path(str(out) + ".passes.json")
+    if out.is_file() and counts_file.is_file():
+        return json.loads(counts_file.read_text())
+    result = apply_passes(onnx.load(str(src)), chosen)
+    save_model(result.model, out)
+    counts_file.write_text(json.dumps(result.applied))
+    return result.applied
+
+
+def pass_counts(path: Path) -> dict[str, int] | None:
+    """The rewrite counts `passed_file` stored for `path` (None for a file no pass made)."""
+    import json
+
+    counts_file = Path(str(path) + ".passes.json")
+    return json.loads(counts_file.read_text()) if counts_file.is_file() else None
+
+
+def untimed_rows(paths: dict[str, Path]) -> list[str]:
+    """Pass rows whose passes rewrote nothing: the same graph as their source, not timed again."""
+    out = []
+    for key, path in paths.items():
+        counts = pass_counts(path)
+        if counts is not None and not any(counts.values()):
+            out.append(key)
+    return out
 
 
 def file_bytes(path: Path) -> int:

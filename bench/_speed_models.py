@@ -117,6 +117,9 @@ class ModelCase:
     opt_in: bool = False
     notes: str = ""
     seed: int = field(default=0)
+    # calibration trajectories ORT's quantize_static reads (None: all); its MinMax calibrator runs an
+    # augmented graph with a ReduceMin/ReduceMax output per tensor, too big for DiT-B/2 with more
+    qdq_calib_samples: int | None = None
 
     def build(self) -> nn.Module:
         torch.manual_seed(self.seed)
@@ -151,8 +154,24 @@ CASES: dict[str, ModelCase] = {
     c.name: c
     for c in (
         ModelCase("unet-cifar10", "unet2d", UNET_CIFAR10, (3, 32, 32), DDPM_SCHEDULE),
-        ModelCase("dit-s2", "dit", dit_config(384, 6), (4, 32, 32), LATENT_SCHEDULE, ("class_labels",)),
-        ModelCase("dit-b2", "dit", dit_config(768, 12), (4, 32, 32), LATENT_SCHEDULE, ("class_labels",)),
+        ModelCase(
+            "dit-s2",
+            "dit",
+            dit_config(384, 6),
+            (4, 32, 32),
+            LATENT_SCHEDULE,
+            ("class_labels",),
+            qdq_calib_samples=1,
+        ),
+        ModelCase(
+            "dit-b2",
+            "dit",
+            dit_config(768, 12),
+            (4, 32, 32),
+            LATENT_SCHEDULE,
+            ("class_labels",),
+            qdq_calib_samples=1,
+        ),
         ModelCase(
             "sd15",
             "unet2d-cond",

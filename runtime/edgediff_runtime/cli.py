@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgediff_runtime._atomic import probe_dir, write_json
-from edgediff_runtime.backends import BACKENDS, Backend, open_backend
+from edgediff_runtime.backends import BACKENDS, Backend, open_backend, threads_for
 from edgediff_runtime.bundle import Bundle, load_bundle, read_manifest
 from edgediff_runtime.cli_errors import OneLineParser, parse_or_exit_code, run_guarded
 from edgediff_runtime.customize_spec import is_customize_bundle
@@ -41,7 +41,12 @@ def _check_out(path: Path | None, suffix: str, flag: str) -> None:
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="ort", help="execution backend (default: ort)")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime intra-op threads (default: the device profile's cpu_threads)",
+    )
     p.add_argument(
         "--provider",
         action="append",
@@ -238,13 +243,13 @@ def _open(
     profile = bundle.manifest.profile()
     if profile is not None and not args.ignore_device:
         check_host(profile, args.backend)
-    if args.threads is not None and args.threads < 1:
-        raise RuntimeStageError(f"--threads must be >= 1, got {args.threads}")
+    use_profile = profile is not None and not args.ignore_device
+    threads = threads_for(args.threads, profile.cpu_threads if use_profile else None)
     engine, plugins = _engine_and_plugins(bundle, args) if args.backend == "trt" else (None, [])
     backend = open_backend(
         args.backend,
         bundle.model_path,
-        threads=args.threads,
+        threads=threads,
         providers=args.provider or (None if args.ignore_device else _default_providers(bundle)),
         engine_path=engine,
         plugin_libraries=plugins,

@@ -77,12 +77,16 @@ class DeviceProfile:
     ort_providers: tuple[str, ...]
     max_opset: int
     notes: str = ""
+    # ONNX Runtime intra-op threads on this device (its CPU cores); None: ONNX Runtime's default
+    cpu_threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (what the exporter embeds in ``manifest.json`` as ``device``)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "cpu_threads" and value is None:
+                continue  # optional: profiles without it embed exactly what they did before
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 

@@ -218,3 +218,19 @@ def test_check_host_uses_real_host_by_default():
     check_host(load_profile("x86-cpu"))  # onnxruntime here has the CPU provider
     with pytest.raises(RuntimeStageError, match="this host is x86_64"):
         check_host(load_profile("jetson-agx-orin-64gb"))
+
+
+def test_cpu_threads_from_profiles():
+    """Jetson profiles name their CPU core count; the generic x86 profile leaves ORT's default and
+    does not embed the field (manifests of existing bundles stay as they were)."""
+    cores = {
+        "jetson-orin-nano-8gb": 6,
+        "jetson-orin-nx-16gb": 8,
+        "jetson-agx-orin-64gb": 12,
+        "jetson-xavier-nx": 6,
+    }
+    for name, n in cores.items():
+        assert load_profile(name).cpu_threads == n
+        assert load_profile(name).to_dict()["cpu_threads"] == n
+    cpu = load_profile("x86-cpu")
+    assert cpu.cpu_threads is None and "cpu_threads" not in cpu.to_dict()

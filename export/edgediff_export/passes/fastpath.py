@@ -13,6 +13,11 @@ one on real model sizes by `bench/speed.py` (docs/export-passes.md section 6).
   GroupNorm, y = (x - mu_g) / sqrt(var_g + eps) * gamma_c + beta_c (Wu & He 2018, eq. 1-2).
 * `remove-noop-casts`: `Cast` whose input already has the target type (by ONNX shape
   inference) is bypassed.
+* `fold-weight-transposes`, `transpose-pairs`, `drop-dq-q-pairs`: integer tensors kept integer
+  between ONNX Runtime's integer kernels (`fastpath_int8`).
+* `dynamic-linears`: linears on `MatMulInteger` with per-token dynamic activation quantization
+  (`fastpath_dynamic`); `dynamic-linears-sym` quantizes every linear input itself (symmetric per
+  token) instead of reusing the codes of the exported per-token fake quantization.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from onnx import helper, numpy_helper
 
 from edgediff_export.errors import ExportError
 from edgediff_export.passes._graph import GraphIndex, all_names, attr, remove_unused, unique_name
+from edgediff_export.passes.fastpath_dynamic import dynamic_linears, dynamic_linears_sym
+from edgediff_export.passes.fastpath_int8 import drop_dq_q_pairs, drop_transpose_pairs, fold_weight_transposes
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -140,6 +147,11 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 PASSES: dict[str, Callable[[onnx.ModelProto], tuple[onnx.ModelProto, int]]] = {
+    "fold-weight-transposes": fold_weight_transposes,
+    "dynamic-linears": dynamic_linears,
+    "dynamic-linears-sym": dynamic_linears_sym,
+    "transpose-pairs": drop_transpose_pairs,
+    "drop-dq-q-pairs": drop_dq_q_pairs,
     "groupnorm": groupnorm_to_instancenorm,
     "remove-noop-casts": remove_noop_casts,
 }

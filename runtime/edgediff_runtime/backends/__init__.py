@@ -36,6 +36,16 @@ class Backend(Protocol):
 BACKENDS = ("ort", "trt")
 
 
+def threads_for(requested: int | None, profile_threads: int | None) -> int | None:
+    """ONNX Runtime intra-op threads: ``--threads`` if given, else the device profile's
+    ``cpu_threads``, else None (ONNX Runtime's default, one per physical core)."""
+    if requested is not None:
+        if requested < 1:
+            raise RuntimeStageError(f"--threads must be >= 1, got {requested}")
+        return requested
+    return profile_threads
+
+
 def open_backend(
     kind: str,
     model_path: Path,
