@@ -77,6 +77,12 @@ from edgediff.sampling import cfg_combine, ddim_sample, ddim_step, seeded_noise
 log = logging.getLogger(__name__)
 
 FIGURE = ROOT / "docs" / "figures" / "customize_examples.png"
+SHORT = {  # column titles of the picture strip (16 characters fit a tile)
+    "copy-paste+sdedit": "paste + SDEdit",
+    "localized-masks": "localized masks",
+    "localized-no-dilation": "localized no dil",
+    "same-class-paste": "same-class paste",
+}
 MCA = "mca-ctrl"
 ABLATIONS = (
     "no-sagi",
@@ -412,10 +418,15 @@ def run_seed(loaded, classifier, pool, seed: int, per_task: int, s: Settings, me
             t0 = time.perf_counter()
             outputs[m].append(run_method(loaded, m, case, cond, s))
             seconds[m] += time.perf_counter() - t0
-    out = {"seed": seed, "tasks": {}}
+    out = {"seed": seed, "tasks": {}, "control_effect_psnr": {}}
     for task in (Task.EDIT, Task.GENERATE):
         idx = [i for i, c in enumerate(cases) if c.task is task]
         sub_cases, sub_cond = [cases[i] for i in idx], torch.stack([conditions[i] for i in idx])
+        if MCA in methods and "no-control" in methods:  # how far the attention control moves the output
+            inside = torch.stack([cases[i].condition_mask for i in idx])[:, None]
+            with_control = torch.stack([outputs[MCA][i] for i in idx])
+            without = torch.stack([outputs["no-control"][i] for i in idx])
+            out["control_effect_psnr"][task.value] = psnr(with_control[inside], without[inside])
         out["tasks"][task.value] = {
             m: score(classifier, torch.stack([outputs[m][i] for i in idx]), sub_cases, sub_cond)
             | {"seconds_per_case": seconds[m] / len(cases)}
@@ -522,7 +533,16 @@ def markdown(result: dict) -> str:
             f"{v['identification_higher_every_seed']} / {v['identification_higher_beyond_seed_spread']} | "
             f"{v['background_not_lower_every_seed']} / {v['background_not_lower_beyond_seed_spread']} |"
         )
-    lines += ["", f"Examples: `{FIGURE.relative_to(ROOT)}`."]
+    effect = {
+        t: _cell([r["control_effect_psnr"][t] for r in seeds], 1) for t in seeds[0]["control_effect_psnr"]
+    }
+    lines += [
+        "",
+        "How far the attention control moves the output: PSNR inside `M_C` between MCA-Ctrl and the same "
+        "run without control: " + ", ".join(f"{t} {v} dB" for t, v in effect.items()) + ".",
+        "",
+        f"Examples: `{FIGURE.relative_to(ROOT)}`.",
+    ]
     return "\n".join(lines)
 
 
@@ -539,7 +559,7 @@ def picture_strip(run: dict, methods: list[str], out: Path, per_task: int = 2, s
     canvas = Image.new("L", (width, head + len(rows) * (cell + pad)), 255)
     draw = ImageDraw.Draw(canvas)
     for j, name in enumerate(cols):
-        draw.text((left + j * (cell + pad), 1), name[:16], fill=0)
+        draw.text((left + j * (cell + pad), 1), SHORT.get(name, name)[:16], fill=0)
     for r, i in enumerate(rows):
         y = head + r * (cell + pad)
         draw.text((2, y + cell // 2), cases[i].task.value, fill=0)
@@ -573,7 +593,7 @@ def main(argv: list[str] | None = None) -> dict:
     s = Settings(args.steps, args.guidance, args.sdedit_strength)
     runs = [run_seed(loaded, classifier, pool, seed, args.cases, s) for seed in args.seeds]
     edit_case = next(c for c in runs[0]["cases"] if c.task is Task.EDIT)
-    seeds = [{"seed": r["seed"], "tasks": r["tasks"]} for r in runs]
+    seeds = [{k: r[k] for k in ("seed", "tasks", "control_effect_psnr")} for r in runs]
     result = {
         "model": args.model,
         "settings": {
