@@ -585,6 +585,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--name", default="customize", help="results name (bench/results/NAME.json)")
     ap.add_argument("--no-docs", action="store_true", help="do not touch docs/RESULTS.md or the figure")
     args = ap.parse_args(argv)
+    if args.cases < 1 or args.steps < 1:
+        ap.error(f"--cases and --steps must be >= 1, got {args.cases} and {args.steps}")
+    if not 0.0 <= args.sdedit_strength <= 1.0:
+        ap.error(f"--sdedit-strength must be in [0, 1], got {args.sdedit_strength}")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     loaded = load_model(args.model)

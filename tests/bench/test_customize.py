@@ -151,3 +151,12 @@ def test_verdict_per_seed_and_beyond_the_spread():
     inv2 = v2["edit: mca-ctrl vs ddim-inversion"]
     assert inv2["fidelity_higher_every_seed"] and not inv2["fidelity_higher_beyond_seed_spread"]
     assert not inv2["background_not_lower_every_seed"]
+
+
+@pytest.mark.parametrize("argv", [["--cases", "0"], ["--steps", "0"], ["--sdedit-strength", "1.5"]])
+def test_bad_arguments_stop_before_any_work(argv, capsys):
+    from bench.customize import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and "must be" in capsys.readouterr().err
