@@ -1,14 +1,15 @@
 """Which attention control runs at which step and layer (docs/methods.md 5, Eq. 12).
 
 `EDIT(step, layer) = SAGI` for steps in `[0, sagi_end)` on layers of `sagi_parts`, `SALQ` for
-steps in `[sagi_end, salq_end)` on layers of `salq_parts`, plain self-attention otherwise. Steps
+steps in `[sagi_end, salq_end)` on layers of `salq_parts`, plain self-attention otherwise
+(`salq_first`: the two phases swapped, same lengths, an ablation of the order). Steps
 count the sampler loop (0 = first, noisiest call); layers are named by their UNet part
 (`down`, `mid`, `up` = decoder).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from edgediff.customize.errors import CustomizeError
@@ -29,12 +30,14 @@ class Task(Enum):
 
 @dataclass(frozen=True)
 class ControlSchedule:
-    """SAGI on steps `[0, sagi_end)` in `sagi_parts`, then SALQ on `[sagi_end, salq_end)` in `salq_parts`."""
+    """SAGI on steps `[0, sagi_end)` in `sagi_parts`, then SALQ on `[sagi_end, salq_end)` in `salq_parts`;
+    with `salq_first`, SALQ on the first `salq_end - sagi_end` steps, then SAGI up to `salq_end`."""
 
     sagi_end: int
     salq_end: int
     sagi_parts: tuple[str, ...] = PARTS
     salq_parts: tuple[str, ...] = ("up",)
+    salq_first: bool = False
 
     def __post_init__(self):
         if not 0 <= self.sagi_end <= self.salq_end:
@@ -47,11 +50,20 @@ class ControlSchedule:
 
     def mode(self, step: int, part: str) -> Mode:
         """Eq. 12: the control of `step` at a layer of UNet part `part`."""
-        if step < self.sagi_end and part in self.sagi_parts:
-            return Mode.SAGI
-        if self.sagi_end <= step < self.salq_end and part in self.salq_parts:
-            return Mode.SALQ
+        first, first_parts, second, second_parts = Mode.SAGI, self.sagi_parts, Mode.SALQ, self.salq_parts
+        switch = self.sagi_end
+        if self.salq_first:
+            first, first_parts, second, second_parts = Mode.SALQ, self.salq_parts, Mode.SAGI, self.sagi_parts
+            switch = self.salq_end - self.sagi_end
+        if step < switch and part in first_parts:
+            return first
+        if switch <= step < self.salq_end and part in second_parts:
+            return second
         return Mode.PLAIN
+
+    def reversed(self) -> ControlSchedule:
+        """The same two phases in the other order, each as long as before."""
+        return replace(self, salq_first=not self.salq_first)
 
     def controls(self, step: int) -> bool:
         """Whether any layer is controlled at `step` (steps without control run the target alone)."""

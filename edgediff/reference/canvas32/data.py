@@ -68,6 +68,19 @@ def compose(digits: list[torch.Tensor | None], offsets: list[tuple[int, int]]) -
     return (canvas * 2.0 - 1.0).unsqueeze(0)
 
 
+def slot_mask(slot: int, offset: tuple[int, int] | None = None) -> torch.Tensor:
+    """Bool `(32, 32)`: where `compose` pastes the digit of `slot` at jitter `offset = (jy, jx)`
+    (clipped to the canvas); `offset=None`: every pixel any jitter in `[-JITTER, JITTER]` can reach."""
+    if offset is None:
+        masks = [slot_mask(slot, (jy, jx)) for jy in (-JITTER, JITTER) for jx in (-JITTER, JITTER)]
+        return torch.stack(masks).any(0)
+    jy, jx = offset
+    y, x = TOP + jy, slot * IMAGE_SIZE + jx
+    mask = torch.zeros(CANVAS, CANVAS, dtype=torch.bool)
+    mask[max(y, 0) : max(y + IMAGE_SIZE, 0), max(x, 0) : max(x + IMAGE_SIZE, 0)] = True
+    return mask
+
+
 def sample_labels(n: int, generator: torch.Generator) -> torch.Tensor:
     """`(n, 2)` labels, each slot uniform over the 10 digits and empty."""
     return torch.randint(0, SLOT_CLASSES, (n, SLOTS), generator=generator)

@@ -60,3 +60,20 @@ def test_controller_mode_follows_step():
         (Mode.PLAIN, Mode.PLAIN),
     ]
     assert MCASelfAttnProcessor(c, "down", None).part == "down"
+
+
+def test_reversed_order_swaps_the_phases_and_keeps_their_lengths():
+    s = ControlSchedule(sagi_end=2, salq_end=5, sagi_parts=PARTS, salq_parts=("up",))
+    r = s.reversed()
+    assert r.salq_first and r.reversed() == s
+    # SALQ (3 steps, decoder only) first, then SAGI (2 steps, all parts), nothing from step 5 on
+    assert [r.mode(i, "up") for i in range(6)] == [Mode.SALQ] * 3 + [Mode.SAGI] * 2 + [Mode.PLAIN]
+    assert [r.mode(i, "down") for i in range(6)] == [Mode.PLAIN] * 3 + [Mode.SAGI] * 2 + [Mode.PLAIN]
+    assert [r.controls(i) for i in range(6)] == [True] * 5 + [False]
+
+
+def test_empty_parts_switch_a_phase_off():
+    no_sagi = ControlSchedule(2, 4, sagi_parts=(), salq_parts=PARTS)
+    assert [no_sagi.mode(i, "mid") for i in range(5)] == [Mode.PLAIN] * 2 + [Mode.SALQ] * 2 + [Mode.PLAIN]
+    no_salq = ControlSchedule(2, 4, sagi_parts=PARTS, salq_parts=())
+    assert [no_salq.controls(i) for i in range(5)] == [True, True, False, False, False]

@@ -9,6 +9,7 @@ from edgediff.reference.canvas32.data import (
     make_batch,
     make_canvases,
     parse_labels,
+    slot_mask,
 )
 
 
@@ -75,3 +76,14 @@ def test_parse_labels():
     for bad in ("7", "7,2,1", "x,2", "10,1"):
         with pytest.raises(EdgediffError):
             parse_labels(bad)
+
+
+def test_slot_mask_is_where_compose_pastes():
+    ones = torch.ones(16, 16)  # a digit that is white everywhere
+    for slot, offset in [(0, (0, 0)), (0, (-2, -2)), (1, (2, 2)), (1, (-1, 1))]:
+        digits = [ones if s == slot else None for s in range(2)]
+        canvas = compose(digits, [offset, offset])[0]
+        assert torch.equal(slot_mask(slot, offset), canvas > 0)
+    assert int(slot_mask(1, (0, 2)).sum()) == 16 * 14  # clipped at the right border
+    union = slot_mask(0)  # rows 6..25, columns 0..17
+    assert int(union.sum()) == 20 * 18 and union[6, 17] and not union[5, 0] and not union[6, 18]
