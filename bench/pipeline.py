@@ -9,10 +9,11 @@
    SD-1.5 UNet, the SD-1.5 VAE; built from configs, nothing downloaded) at 256x256 (UNet
    sample_size 32): build, `edgediff export onnx --fp` (fp32, the UNet with external data), then
    `edgediff-run sample --prompt` for 2 steps with `--load sequential` and `--load together`,
-   each a child process under `/usr/bin/time -v` (peak RSS = its maximum resident set size) and
-   `flock /work/bigmem.lock` (one large-memory job at a time on this machine). The tokenizer is
-   the tests' small CLIP-layout vocabulary padded to 77 tokens (no real vocabulary is available
-   offline); token ids only index the random embedding table, so the cost is the real one.
+   each a child process under `/usr/bin/time -v` (peak RSS = its maximum resident set size),
+   optionally under `flock LOCK` (`--lock`: one large-memory job at a time on a shared machine).
+   The tokenizer is the tests' small CLIP-layout vocabulary padded to 77 tokens (no real
+   vocabulary is available offline); token ids only index the random embedding table, so the
+   cost is the real one.
 
     python -m bench.pipeline                       # both parts
     python -m bench.pipeline --part tiny           # (1) only, about a minute
@@ -40,7 +41,6 @@ import numpy as np
 
 from bench._report import ROOT, host_info, markdown_table, update_results_section, write_json
 
-LOCK = "/work/bigmem.lock"
 DEVICE = "jetson-agx-orin-64gb"
 PROMPT = "a photo of a red cat"
 NEGATIVE = "blue"
@@ -226,9 +226,9 @@ def build_full(folder: Path) -> dict:
     return params
 
 
-def timed(argv: list[str], log: Path) -> dict:
-    """Run `argv` under flock + /usr/bin/time -v; wall seconds, peak RSS (MiB), exit code."""
-    cmd = ["flock", LOCK, "/usr/bin/time", "-v", *argv]
+def timed(argv: list[str], log: Path, lock: Path | None = None) -> dict:
+    """Run `argv` under /usr/bin/time -v (and `flock lock`); wall seconds, peak RSS (MiB), exit code."""
+    cmd = [*(["flock", str(lock)] if lock else []), "/usr/bin/time", "-v", *argv]
     t0 = time.perf_counter()
     with log.open("w") as fh:
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
@@ -248,7 +248,7 @@ def timed(argv: list[str], log: Path) -> dict:
     }
 
 
-def run_full(work: Path) -> dict:
+def run_full(work: Path, lock: Path | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     folder, bundle = work / "sd15-256", work / "sd15-256-fp32.edgediff"
@@ -258,7 +258,7 @@ def run_full(work: Path) -> dict:
             "import json; from pathlib import Path; from bench.pipeline import build_full; "
             f"print(json.dumps(build_full(Path({str(folder)!r}))))"
         )
-        out["build"] = timed([py, "-c", code], work / "build.log")
+        out["build"] = timed([py, "-c", code], work / "build.log", lock)
         lines = [line for line in Path(out["build"]["log"]).read_text().splitlines() if line.startswith("{")]
         out["params"] = json.loads(lines[-1]) if lines else None
     if not (bundle / "manifest.json").is_file():
@@ -266,7 +266,7 @@ def run_full(work: Path) -> dict:
         # FP32 SD-1.5 needs more than the 8 GB the x86-cpu profile leaves a model (the exporter's fit
         # rule): the bundle targets the 64 GB Orin profile and runs here with --ignore-device.
         argv += ["--steps", str(FULL_STEPS), "--golden-samples", "1", "--device", DEVICE]
-        out["export"] = timed(argv, work / "export.log")
+        out["export"] = timed(argv, work / "export.log", lock)
     if (bundle / "manifest.json").is_file():
         manifest = json.loads((bundle / "manifest.json").read_text())
         out["files_mb"] = {
@@ -289,7 +289,7 @@ def run_full(work: Path) -> dict:
             ]
             argv += ["--steps", str(FULL_STEPS), "--load", mode, "--out", str(work / f"{mode}.png")]
             argv += ["--ignore-device"]
-            out[f"sample_{mode}"] = timed(argv, work / f"sample-{mode}.log")
+            out[f"sample_{mode}"] = timed(argv, work / f"sample-{mode}.log", lock)
     return out
 
 
@@ -378,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         help="report: rewrite the docs/RESULTS.md section from bench/results/pipeline.json only",
     )
     ap.add_argument("--work", type=Path, default=None, help="work folder of the full-size part (kept)")
+    ap.add_argument(
+        "--lock", type=Path, default=None, help="run each full-size step under `flock LOCK` (shared machines)"
+    )
     args = ap.parse_args(argv)
     path = ROOT / "bench" / "results" / "pipeline.json"
     new: dict = {} if args.part == "report" else {"host": host_info()}
@@ -386,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             new["tiny"] = run_tiny(Path(tmp))
     if args.part in ("full", "all"):
         work = args.work or Path(tempfile.mkdtemp(prefix="sd15-pipeline-"))
-        new["full"] = run_full(work)
+        new["full"] = run_full(work, args.lock)
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     results = json.loads(path.read_text()) if path.is_file() else {}  # the other part's last run
