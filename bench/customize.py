@@ -319,9 +319,7 @@ def masked(images: Tensor, masks: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def score(
-    classifier: SlotCNN, outputs: Tensor, cases: list[Case], conditions: Tensor
-) -> dict[str, float]:
+def score(classifier: SlotCNN, outputs: Tensor, cases: list[Case], conditions: Tensor) -> dict[str, float]:
     """The metrics of the module doc for outputs (N, 1, 32, 32) of `cases`, pooled over the cases."""
     m_c = torch.stack([c.condition_mask for c in cases])
     m_s = torch.stack([c.subject_mask for c in cases])
